@@ -1,0 +1,398 @@
+"""Public torch API: ``sageattn`` and ``sageattn_varlen``.
+
+Drop-in compatible with SageAttention's names and defaults. This module
+validates, views layouts (never copies contiguous inputs), allocates outputs,
+asks ``dispatch`` which implementation runs, and wraps the call in a
+``torch.library`` custom op so ``torch.compile(fullgraph=True)`` traces it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from . import dispatch, reference
+from .preprocess import QuantizedInputs, quantize_inputs
+from .quant_layout import PvAccum, QuantGranularity
+
+__all__ = ["sageattn", "sageattn_varlen", "prepare_inputs", "attention_prepared", "PreparedCall"]
+
+_LAYOUTS = ("HND", "NHD")
+_DTYPES = (torch.float16, torch.bfloat16)
+_GRANULARITIES = ("per_thread", "per_warp")
+_PV_ACCUM = ("fp32+fp32", "fp32", "fp32+fp16")
+# Keywords SageAttention accepts that we take as they are; anything else is a TypeError.
+_KNOWN_KWARGS = {"qk_quant_gran", "pv_accum_dtype", "smooth_k", "smooth_v", "smooth_q", "backend", "attn_mask"}
+
+
+# --------------------------------------------------------------------------
+# Validation
+# --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Shapes:
+    batch: int
+    heads_q: int
+    heads_kv: int
+    len_q: int
+    len_k: int
+    head_dim: int
+
+
+def _check_tensor(name: str, t) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in _DTYPES:
+        raise TypeError(f"{name} must be torch.float16 or torch.bfloat16, got {t.dtype}")
+    if t.dim() != 4:
+        raise ValueError(f"{name} must be 4-D ([B, H, L, D] for HND or [B, L, H, D] for NHD), got shape {tuple(t.shape)}")
+    if t.shape[-1] > 0 and t.stride(-1) != 1:
+        raise ValueError(f"{name} must have a contiguous last dimension (stride 1), got strides {t.stride()}")
+
+
+def _validate(q, k, v, tensor_layout: str) -> _Shapes:
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        _check_tensor(name, t)
+    if not isinstance(tensor_layout, str) or tensor_layout not in _LAYOUTS:
+        raise ValueError(f"tensor_layout must be 'HND' or 'NHD', got {tensor_layout!r}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+    qh, kh, vh = (reference.to_hnd(t, tensor_layout) for t in (q, k, v))
+    b, hq, lq, d = qh.shape
+    if kh.shape != vh.shape:
+        raise ValueError(f"k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
+    if kh.shape[0] != b:
+        raise ValueError(f"q and k must have the same batch size, got {b} and {kh.shape[0]}")
+    if kh.shape[3] != d:
+        raise ValueError(f"q and k must have the same head_dim, got {d} and {kh.shape[3]}")
+    hkv, lk = kh.shape[1], kh.shape[2]
+    if hkv == 0 or hq % hkv:
+        raise ValueError(f"the number of q heads ({hq}) must be a multiple of the number of k/v heads ({hkv})")
+    if d == 0:
+        raise ValueError("head_dim must be positive")
+    if lk == 0 and lq > 0:
+        raise ValueError("k and v must have at least one token (softmax over zero keys is undefined)")
+    return _Shapes(b, hq, hkv, lq, lk, d)
+
+
+def _check_options(kwargs: dict) -> dict:
+    unknown = set(kwargs) - _KNOWN_KWARGS
+    if unknown:
+        raise TypeError(f"sageattn() got unexpected keyword argument(s) {sorted(unknown)}; known: {sorted(_KNOWN_KWARGS)}")
+    opts = {
+        "qk_quant_gran": kwargs.get("qk_quant_gran", "per_thread"),
+        "pv_accum_dtype": kwargs.get("pv_accum_dtype", "fp32+fp32"),
+        "smooth_k": kwargs.get("smooth_k", True),
+        "smooth_v": kwargs.get("smooth_v", False),
+        "smooth_q": kwargs.get("smooth_q", False),
+        "backend": kwargs.get("backend", None) or "auto",
+        "attn_mask": kwargs.get("attn_mask", None),
+    }
+    if opts["qk_quant_gran"] not in _GRANULARITIES:
+        raise ValueError(f"qk_quant_gran must be one of {_GRANULARITIES}, got {opts['qk_quant_gran']!r}")
+    if opts["pv_accum_dtype"] not in _PV_ACCUM:
+        raise ValueError(f"pv_accum_dtype must be one of {_PV_ACCUM}, got {opts['pv_accum_dtype']!r}")
+    for flag in ("smooth_k", "smooth_v", "smooth_q"):
+        if not isinstance(opts[flag], bool):
+            raise TypeError(f"{flag} must be a bool, got {type(opts[flag]).__name__}")
+    if opts["backend"] not in dispatch.BACKENDS:
+        raise ValueError(f"backend must be one of {dispatch.BACKENDS}, got {opts['backend']!r}")
+    if opts["attn_mask"] is not None and not isinstance(opts["attn_mask"], torch.Tensor):
+        raise TypeError(f"attn_mask must be a torch.Tensor or None, got {type(opts['attn_mask']).__name__}")
+    return opts
+
+
+def _check_scale(sm_scale, head_dim: int) -> float:
+    if sm_scale is None:
+        return head_dim**-0.5
+    if isinstance(sm_scale, bool) or not isinstance(sm_scale, (int, float)):
+        raise TypeError(f"sm_scale must be a float or None, got {type(sm_scale).__name__}")
+    if not math.isfinite(sm_scale) or sm_scale <= 0:
+        raise ValueError(f"sm_scale must be a positive finite number, got {sm_scale}")
+    return float(sm_scale)
+
+
+# --------------------------------------------------------------------------
+# Implementations behind the custom op
+# --------------------------------------------------------------------------
+def _lse_exact(qh, kh, sm_scale: float, is_causal: bool) -> torch.Tensor:
+    """Natural-log LSE in fp32, row-chunked so the score matrix stays small."""
+    hq = qh.shape[1]
+    kf = reference._expand_kv(kh, hq).float()
+    out = []
+    chunk = 1024
+    for i0 in range(0, qh.shape[2], chunk):
+        s = torch.matmul(qh[:, :, i0 : i0 + chunk].float(), kf.transpose(-1, -2)) * sm_scale
+        if is_causal:
+            mask = reference.causal_mask(qh.shape[2], kh.shape[2], qh.device)[i0 : i0 + chunk]
+            s = s.masked_fill(~mask, float("-inf"))
+        out.append(torch.logsumexp(s, dim=-1))
+    return torch.cat(out, dim=2)
+
+
+def _run_sdpa(q, k, v, layout, is_causal, sm_scale, return_lse, attn_mask):
+    qh, kh, vh = (reference.to_hnd(t, layout) for t in (q, k, v))
+    hq = qh.shape[1]
+    kx, vx = reference._expand_kv(kh, hq), reference._expand_kv(vh, hq)
+    o = F.scaled_dot_product_attention(qh, kx, vx, attn_mask=attn_mask, is_causal=is_causal, scale=sm_scale)
+    o = reference.from_hnd(o, layout)
+    lse = _lse_exact(qh, kh, sm_scale, is_causal) if return_lse else None
+    return o, lse
+
+
+def _alloc_like_input(q: torch.Tensor, layout: str, head_dim: int) -> torch.Tensor:
+    """Output [B,H,L,D] HND view backed by memory in the caller's layout."""
+    b, hq, lq = reference.to_hnd(q, layout).shape[:3]
+    if layout == "HND":
+        return torch.empty(b, hq, lq, head_dim, dtype=q.dtype, device=q.device)
+    return torch.empty(b, lq, hq, head_dim, dtype=q.dtype, device=q.device).transpose(1, 2)
+
+
+def _run_sm90_prepared(prep: "PreparedCall", out_hnd: torch.Tensor | None = None):
+    from .kernels.sm90.launch import attn_fwd_sm90
+
+    qi = prep.quantized
+    b, hq, lq, dp = qi.q_int8.shape
+    if out_hnd is None:
+        out_hnd = torch.empty(b, hq, lq, dp, dtype=prep.dtype, device=qi.q_int8.device)
+    lse = torch.empty(b, hq, lq, dtype=torch.float32, device=qi.q_int8.device) if prep.return_lse else None
+    attn_fwd_sm90(
+        qi.q_int8,
+        qi.q_scale,
+        qi.k_int8,
+        qi.k_scale,
+        qi.v_fp8,
+        qi.v_scale,
+        out_hnd,
+        lse,
+        sm_scale=prep.sm_scale,
+        is_causal=prep.is_causal,
+        granularity=qi.granularity,
+        pv_accum=qi.pv_accum,
+    )
+    return out_hnd, lse
+
+
+def _run_sm90(q, k, v, layout, is_causal, sm_scale, return_lse, gran, pv_accum, smooth_k):
+    head_dim = q.shape[-1]
+    prep = _prepare(q, k, v, layout, is_causal, sm_scale, return_lse, gran, pv_accum, smooth_k)
+    dp = prep.quantized.q_int8.shape[-1]
+    # Write straight into the caller-layout output unless the head dim was padded.
+    out = _alloc_like_input(q, layout, dp)
+    out, lse = _run_sm90_prepared(prep, out)
+    if dp != head_dim:
+        out = out[..., :head_dim]
+    if lse is not None and prep.quantized.k_mean is not None:
+        lse = lse + _lse_smoothing_correction(reference.to_hnd(q, layout), prep.quantized.k_mean, sm_scale)
+    return reference.from_hnd(out, layout), lse
+
+
+def _lse_smoothing_correction(qh, km, sm_scale):
+    """sm_scale * q . k_mean: what K smoothing removed from every score of a row."""
+    hq = qh.shape[1]
+    kmx = reference._expand_kv(km[..., : qh.shape[-1]].float(), hq)  # [B,Hq,1,D]
+    return sm_scale * torch.matmul(qh.float(), kmx.transpose(-1, -2))[..., 0]
+
+
+@torch.library.custom_op("sagecute::attn_fwd", mutates_args=())
+def _attn_fwd_op(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    tensor_layout: str,
+    is_causal: bool,
+    sm_scale: float,
+    return_lse: bool,
+    qk_quant_gran: str,
+    pv_accum_dtype: str,
+    smooth_k: bool,
+    smooth_v: bool,
+    smooth_q: bool,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    if backend == "sm90":
+        o, lse = _run_sm90(
+            q, k, v, tensor_layout, is_causal, sm_scale, return_lse,
+            QuantGranularity(qk_quant_gran), PvAccum(pv_accum_dtype), smooth_k,
+        )  # fmt: skip
+    elif backend == "reference":
+        o, lse = reference.sageattn_reference(
+            q, k, v, tensor_layout, is_causal, sm_scale, True,
+            qk_quant_gran=qk_quant_gran, pv_accum_dtype=pv_accum_dtype,
+            smooth_k=smooth_k, smooth_v=smooth_v, smooth_q=smooth_q,
+        )  # fmt: skip
+    else:
+        o, lse = _run_sdpa(q, k, v, tensor_layout, is_causal, sm_scale, return_lse, None)
+    if lse is None:
+        lse = q.new_empty((0,), dtype=torch.float32)
+    # The kernels write a dense tensor in the caller's layout: no copy then.
+    return o if o.is_contiguous() else o.contiguous(), lse
+
+
+@_attn_fwd_op.register_fake
+def _(q, k, v, tensor_layout, is_causal, sm_scale, return_lse, qk_quant_gran, pv_accum_dtype, smooth_k, smooth_v, smooth_q, backend):
+    o = torch.empty_like(q, memory_format=torch.contiguous_format)
+    if return_lse:
+        b, hq, lq = reference.to_hnd(q, tensor_layout).shape[:3]
+        return o, q.new_empty((b, hq, lq), dtype=torch.float32)
+    return o, q.new_empty((0,), dtype=torch.float32)
+
+
+# --------------------------------------------------------------------------
+# Public entry points
+# --------------------------------------------------------------------------
+def sageattn(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    tensor_layout: str = "HND",
+    is_causal: bool = False,
+    sm_scale: float | None = None,
+    return_lse: bool = False,
+    **kwargs,
+):
+    """Quantized scaled-dot-product attention (forward only).
+
+    Args:
+        q: ``[B, Hq, Lq, D]`` ("HND") or ``[B, Lq, Hq, D]`` ("NHD"), fp16/bf16.
+        k, v: ``[B, Hkv, Lk, D]`` / ``[B, Lk, Hkv, D]``; ``Hq % Hkv == 0`` (GQA/MQA).
+        tensor_layout: "HND" (default) or "NHD". Any strides with a unit last dim.
+        is_causal: top-left causal mask, as ``scaled_dot_product_attention``:
+            key ``j`` is visible to query ``i`` iff ``j <= i``, also when Lq != Lk.
+        sm_scale: softmax scale, default ``D ** -0.5``.
+        return_lse: also return the log-sum-exp (natural log) of the
+            unsmoothed scaled scores, fp32 ``[B, Hq, Lq]``.
+
+    Keyword options (SageAttention's): ``qk_quant_gran`` ("per_thread" |
+    "per_warp"), ``pv_accum_dtype`` ("fp32+fp32" | "fp32" | "fp32+fp16"),
+    ``smooth_k`` (True), ``smooth_v`` (False), ``smooth_q`` (False: Q block
+    means with the ``delta_s`` correction); ``backend`` ("auto", "sm90",
+    "reference", "sdpa", ...: a named backend raises instead of falling back);
+    ``attn_mask`` (a mask is only served by the SDPA fallback).
+
+    Returns ``o`` in q's layout and dtype, or ``(o, lse)``.
+    """
+    shapes = _validate(q, k, v, tensor_layout)
+    opts = _check_options(kwargs)
+    sm_scale = _check_scale(sm_scale, shapes.head_dim)
+    if not isinstance(is_causal, bool):
+        raise TypeError(f"is_causal must be a bool, got {type(is_causal).__name__}")
+    cfg = dispatch.CallConfig(
+        shapes.head_dim, q.dtype, is_causal, opts["qk_quant_gran"], opts["pv_accum_dtype"],
+        opts["smooth_k"], opts["smooth_v"], opts["smooth_q"], opts["attn_mask"] is not None,
+    )  # fmt: skip
+    spec = dispatch.select(q.device, cfg, opts["backend"])
+    if spec.backend == "sdpa" and opts["backend"] == "auto":
+        dispatch.warn_fallback_once(spec)
+    if shapes.len_q == 0:
+        o = torch.empty_like(q)
+        lse = q.new_empty((shapes.batch, shapes.heads_q, 0), dtype=torch.float32)
+        return (o, lse) if return_lse else o
+    if opts["attn_mask"] is not None:
+        o, lse = _run_sdpa(q, k, v, tensor_layout, is_causal, sm_scale, return_lse, opts["attn_mask"])
+    else:
+        o, lse = _attn_fwd_op(
+            q, k, v, tensor_layout, is_causal, sm_scale, return_lse, opts["qk_quant_gran"],
+            opts["pv_accum_dtype"], opts["smooth_k"], opts["smooth_v"], opts["smooth_q"], spec.backend,
+        )  # fmt: skip
+    return (o, lse) if return_lse else o
+
+
+def sageattn_varlen(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    is_causal: bool = False,
+    sm_scale: float | None = None,
+    smooth_k: bool = True,
+    **kwargs,
+) -> torch.Tensor:
+    """Packed variable-length attention, SageAttention's signature.
+
+    q: ``[total_q, Hq, D]``; k, v: ``[total_k, Hkv, D]``; ``cu_seqlens_*``:
+    int32/int64 ``[B + 1]`` prefix sums starting at 0. Each sequence is
+    attended on its own, with its own K mean (finer than SageAttention's
+    global mean). Returns ``[total_q, Hq, D]``.
+    """
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 3:
+            raise ValueError(f"{name} must be 3-D [total_tokens, heads, head_dim], got shape {tuple(t.shape)}")
+    cq = _check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, q.shape[0])
+    ck = _check_cu_seqlens("cu_seqlens_k", cu_seqlens_k, k.shape[0])
+    if len(cq) != len(ck):
+        raise ValueError(f"cu_seqlens_q and cu_seqlens_k must have the same length, got {len(cq)} and {len(ck)}")
+    for name, val, lens in (("max_seqlen_q", max_seqlen_q, cq), ("max_seqlen_k", max_seqlen_k, ck)):
+        longest = max((b - a for a, b in zip(lens[:-1], lens[1:])), default=0)
+        if not isinstance(val, int) or val < longest:
+            raise ValueError(f"{name} must be an int >= the longest sequence ({longest}), got {val!r}")
+    out = torch.empty_like(q)
+    for i in range(len(cq) - 1):
+        qs, ks = slice(cq[i], cq[i + 1]), slice(ck[i], ck[i + 1])
+        if cq[i + 1] == cq[i]:
+            continue
+        out[qs] = sageattn(
+            q[qs].unsqueeze(0), k[ks].unsqueeze(0), v[ks].unsqueeze(0), tensor_layout="NHD",
+            is_causal=is_causal, sm_scale=sm_scale, smooth_k=smooth_k, **kwargs,
+        )[0]  # fmt: skip
+    return out
+
+
+def _check_cu_seqlens(name: str, t, total: int) -> list[int]:
+    if not isinstance(t, torch.Tensor) or t.dtype not in (torch.int32, torch.int64) or t.dim() != 1:
+        raise TypeError(f"{name} must be a 1-D int32/int64 tensor")
+    vals = t.tolist()
+    if len(vals) < 2 or vals[0] != 0:
+        raise ValueError(f"{name} must start at 0 and have at least 2 entries, got {vals[:4]}")
+    if any(b < a for a, b in zip(vals[:-1], vals[1:])):
+        raise ValueError(f"{name} must be non-decreasing, got {vals}")
+    if vals[-1] != total:
+        raise ValueError(f"{name}[-1] must equal the number of packed tokens ({total}), got {vals[-1]}")
+    return vals
+
+
+# --------------------------------------------------------------------------
+# Pre-quantized calls (kernel-only benchmarks)
+# --------------------------------------------------------------------------
+@dataclass
+class PreparedCall:
+    quantized: QuantizedInputs
+    dtype: torch.dtype
+    is_causal: bool
+    sm_scale: float
+    return_lse: bool
+    head_dim: int
+
+
+def _prepare(q, k, v, layout, is_causal, sm_scale, return_lse, gran, pv_accum, smooth_k) -> PreparedCall:
+    qh, kh, vh = (reference.to_hnd(t, layout) for t in (q, k, v))
+    head_dim = qh.shape[-1]
+    dp = reference.padded_head_dim(head_dim)
+    if dp != head_dim:
+        qh, kh, vh = (reference._pad_last(t, dp) for t in (qh, kh, vh))
+    qi = quantize_inputs(qh, kh, vh, granularity=gran, pv_accum=pv_accum, smooth_k=smooth_k)
+    return PreparedCall(qi, q.dtype, is_causal, sm_scale, return_lse, head_dim)
+
+
+def prepare_inputs(q, k, v, tensor_layout="HND", is_causal=False, sm_scale=None, **kwargs) -> PreparedCall:
+    """Quantize once (for timing the attention kernel alone)."""
+    shapes = _validate(q, k, v, tensor_layout)
+    opts = _check_options(kwargs)
+    return _prepare(
+        q, k, v, tensor_layout, is_causal, _check_scale(sm_scale, shapes.head_dim), False,
+        QuantGranularity(opts["qk_quant_gran"]), PvAccum(opts["pv_accum_dtype"]), opts["smooth_k"],
+    )  # fmt: skip
+
+
+def attention_prepared(prep: PreparedCall) -> torch.Tensor:
+    """Run the sm90 attention kernel on pre-quantized inputs; HND output (head-padded)."""
+    return _run_sm90_prepared(prep)[0]

@@ -1,0 +1,1 @@
+"""Hopper (sm_90a) kernels: INT8 QK / FP8 PV attention forward."""

@@ -1,0 +1,67 @@
+"""Smoothing and quantization of Q, K, V into the layouts a kernel reads.
+
+``quantize_inputs`` is the one entry the API calls. It uses the CuTe DSL
+kernels of ``preprocess/kernels.py`` when they are importable and the inputs
+are on a GPU, else the torch quantizers of ``sagecute.reference`` (bit-exact
+with them by contract, docs/kernel-contract.md).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+
+from .. import reference
+from ..quant_layout import FP8_E4M3_MAX, FP8_SCALE_MAX_FP16_ACCUM, SM90_GEOMETRY, PvAccum, QuantGranularity
+
+
+@dataclass
+class QuantizedInputs:
+    """Everything an INT8-QK / FP8-PV kernel reads (HND, contiguous)."""
+
+    q_int8: torch.Tensor  # int8 [B, Hq, Lq, D]
+    q_scale: torch.Tensor  # fp32 [B, Hq, n_q]
+    k_int8: torch.Tensor  # int8 [B, Hkv, Lk, D]
+    k_scale: torch.Tensor  # fp32 [B, Hkv, n_k]
+    v_fp8: torch.Tensor  # e4m3 [B, Hkv, D, Lk_pad]
+    v_scale: torch.Tensor  # fp32 [B, Hkv, D]
+    k_mean: torch.Tensor | None  # [B, Hkv, 1, D] input dtype, smooth_k only
+    granularity: QuantGranularity
+    pv_accum: PvAccum
+
+
+@functools.lru_cache(maxsize=1)
+def _cute_quantizers():
+    """The CuTe DSL quantizers, or None where they cannot run."""
+    try:
+        from . import kernels
+    except Exception:  # noqa: BLE001 - DSL missing or broken: use torch
+        return None
+    return kernels
+
+
+def quantize_inputs(
+    qh: torch.Tensor,
+    kh: torch.Tensor,
+    vh: torch.Tensor,
+    *,
+    granularity: QuantGranularity,
+    pv_accum: PvAccum,
+    smooth_k: bool,
+    use_cute: bool | None = None,
+) -> QuantizedInputs:
+    """Quantize head-padded HND views (any strides, unit last stride)."""
+    scale_max = FP8_SCALE_MAX_FP16_ACCUM if pv_accum is PvAccum.FP32_FP16 else FP8_E4M3_MAX
+    cute = _cute_quantizers() if (use_cute is not False and qh.is_cuda) else None
+    if cute is not None:
+        q8, qs = cute.quantize_q_int8_cute(qh, granularity)
+        k8, ks, km = cute.quantize_k_int8_cute(kh, granularity, smooth_k)
+        v8, vs = cute.quantize_v_fp8_cute(vh, scale_max=scale_max)
+    else:
+        km = reference.k_mean(kh) if smooth_k else None
+        q8, qs = reference.quantize_qk_int8(qh, granularity, SM90_GEOMETRY, is_k=False)
+        k8, ks = reference.quantize_qk_int8(kh, granularity, SM90_GEOMETRY, is_k=True, mean=km)
+        v8, vs = reference.quantize_v_fp8(vh, SM90_GEOMETRY, scale_max=scale_max)
+    return QuantizedInputs(q8, qs, k8, ks, v8, vs, km, granularity, pv_accum)

@@ -1,0 +1,190 @@
+"""Public API on the CPU: validation, layouts, fallback, torch.compile, varlen."""
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from tolerances import error_metrics, make_qkv
+
+import sagecute
+from sagecute import dispatch, reference
+
+
+def _qkv(**kw):
+    args = dict(b=2, hq=4, hkv=2, lq=33, lk=47, d=64)
+    args.update(kw)
+    return make_qkv(args.pop("b"), args.pop("hq"), args.pop("hkv"), args.pop("lq"), args.pop("lk"), args.pop("d"), **args)
+
+
+# --------------------------------------------------------------------------
+# Bad input
+# --------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "mutate,exc,match",
+    [
+        (lambda q, k, v: (q.float(), k, v), TypeError, "q must be torch.float16 or torch.bfloat16"),
+        (lambda q, k, v: (q, k.half(), v), TypeError, "share one dtype"),
+        (lambda q, k, v: (q[0], k, v), ValueError, "q must be 4-D"),
+        (lambda q, k, v: ([1.0], k, v), TypeError, "q must be a torch.Tensor"),
+        (lambda q, k, v: (q, k, v[:1]), ValueError, "same shape"),
+        (lambda q, k, v: (q[:1], k, v), ValueError, "same batch"),
+        (lambda q, k, v: (q[..., :32], k, v), ValueError, "same head_dim"),
+        (lambda q, k, v: (q[:, :3], k, v), ValueError, "multiple of the number of k/v heads"),
+        (lambda q, k, v: (q.transpose(-1, -2).contiguous().transpose(-1, -2), k, v), ValueError, "contiguous last dimension"),
+        (lambda q, k, v: (q, k[:, :, :0], v[:, :, :0]), ValueError, "at least one token"),
+    ],
+)
+def test_bad_tensors(mutate, exc, match):
+    q, k, v = _qkv()
+    with pytest.raises(exc, match=match):
+        sagecute.sageattn(*mutate(q, k, v))
+
+
+@pytest.mark.parametrize(
+    "kwargs,exc,match",
+    [
+        ({"tensor_layout": "BHLD"}, ValueError, "tensor_layout"),
+        ({"qk_quant_gran": "per_tensor"}, ValueError, "qk_quant_gran"),
+        ({"pv_accum_dtype": "fp16"}, ValueError, "pv_accum_dtype"),
+        ({"smooth_k": 1}, TypeError, "smooth_k must be a bool"),
+        ({"sm_scale": -1.0}, ValueError, "sm_scale"),
+        ({"sm_scale": "x"}, TypeError, "sm_scale"),
+        ({"is_causal": "yes"}, TypeError, "is_causal"),
+        ({"backend": "cuda"}, ValueError, "backend"),
+        ({"dropout": 0.1}, TypeError, "unexpected keyword"),
+        ({"backend": "sm90"}, NotImplementedError, "needs a sm90 GPU"),
+    ],
+)
+def test_bad_options(kwargs, exc, match):
+    q, k, v = _qkv()
+    with pytest.raises(exc, match=match):
+        sagecute.sageattn(q, k, v, **kwargs)
+
+
+def test_bad_varlen():
+    q = torch.randn(10, 2, 64, dtype=torch.bfloat16)
+    good = torch.tensor([0, 4, 10], dtype=torch.int32)
+    with pytest.raises(ValueError, match="non-decreasing"):
+        sagecute.sageattn_varlen(q, q, q, torch.tensor([0, 6, 4, 10]), good, 6, 6)
+    with pytest.raises(ValueError, match="must equal the number of packed tokens"):
+        sagecute.sageattn_varlen(q, q, q, torch.tensor([0, 4, 9]), good, 6, 6)
+    with pytest.raises(TypeError, match="int32/int64"):
+        sagecute.sageattn_varlen(q, q, q, good.float(), good, 6, 6)
+    with pytest.raises(ValueError, match="max_seqlen_q"):
+        sagecute.sageattn_varlen(q, q, q, good, good, 3, 6)
+
+
+# --------------------------------------------------------------------------
+# Behaviour
+# --------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", ["auto", "reference", "sdpa"])
+def test_never_mutates_inputs(backend):
+    q, k, v = _qkv(kind="outlier")
+    before = [t.clone() for t in (q, k, v)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sagecute.sageattn(q, k, v, is_causal=True, return_lse=True, backend=backend, smooth_q=True)
+    for t, b in zip((q, k, v), before):
+        assert torch.equal(t, b)
+
+
+def test_fallback_warns_once_and_matches_sdpa():
+    dispatch._warned.clear()
+    q, k, v = _qkv(hkv=4)
+    with pytest.warns(RuntimeWarning, match="falling back to scaled_dot_product_attention"):
+        o = sagecute.sageattn(q, k, v, is_causal=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sagecute.sageattn(q, k, v, is_causal=True)  # second call: silent
+    torch.testing.assert_close(o, F.scaled_dot_product_attention(q, k, v, is_causal=True))
+
+
+@pytest.mark.parametrize("backend", ["reference", "sdpa"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_layouts_gqa_lse(backend, causal):
+    q, k, v = _qkv(kind="outlier")
+    ref, lse_ref = reference.attention_exact(q, k, v, is_causal=causal, return_lse=True)
+    o, lse = sagecute.sageattn(q, k, v, is_causal=causal, return_lse=True, backend=backend)
+    assert o.shape == q.shape and o.dtype == q.dtype
+    assert lse.shape == (2, 4, 33) and lse.dtype == torch.float32
+    assert error_metrics(o, ref).cosine > 0.995
+    assert (lse - lse_ref).abs().max() < 0.05
+    on, lsen = sagecute.sageattn(*(t.transpose(1, 2) for t in (q, k, v)), "NHD", causal, None, True, backend=backend)
+    assert on.shape == (2, 33, 4, 64) and on.is_contiguous()
+    torch.testing.assert_close(on.transpose(1, 2), o)
+    torch.testing.assert_close(lsen, lse)
+
+
+def test_strided_inputs_and_odd_head_dim():
+    q, k, v = _qkv(d=96)
+    big = torch.randn(2, 4, 64, 96, dtype=torch.bfloat16)
+    qs = big[:, :, 5:38]  # a view with a non-dense stride
+    o = sagecute.sageattn(qs, k, v, backend="reference")
+    assert o.shape == (2, 4, 33, 96)
+    assert error_metrics(o, reference.attention_exact(qs, k, v)).cosine > 0.995
+
+
+def test_empty_queries():
+    q, k, v = _qkv(lq=0)
+    o, lse = sagecute.sageattn(q, k, v, return_lse=True, backend="reference")
+    assert o.shape == q.shape and lse.shape == (2, 4, 0)
+
+
+def test_attn_mask_goes_to_sdpa():
+    q, k, v = _qkv(hkv=4)
+    mask = torch.rand(33, 47) > 0.3
+    mask[:, 0] = True
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        o = sagecute.sageattn(q, k, v, attn_mask=mask)
+    torch.testing.assert_close(o, F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
+
+
+def test_torch_compile_fullgraph_through_fake():
+    q, k, v = _qkv()
+
+    def f(q, k, v):
+        o, lse = sagecute.sageattn(q, k, v, is_causal=True, return_lse=True, backend="reference")
+        return o * 2, lse + 1
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    o, lse = compiled(q, k, v)
+    o_ref, lse_ref = f(q, k, v)
+    torch.testing.assert_close(o, o_ref)
+    torch.testing.assert_close(lse, lse_ref)
+    torch.library.opcheck(
+        torch.ops.sagecute.attn_fwd.default,
+        (q, k, v, "HND", True, 0.125, True, "per_thread", "fp32+fp32", True, False, False, "reference"),
+        test_utils=("test_schema", "test_faketensor"),
+    )
+
+
+def test_varlen_matches_per_sequence():
+    cu = torch.tensor([0, 5, 5, 40, 41], dtype=torch.int32)
+    cuk = torch.tensor([0, 9, 12, 60, 61], dtype=torch.int64)
+    q = torch.randn(41, 4, 64, dtype=torch.bfloat16)
+    k = torch.randn(61, 2, 64, dtype=torch.bfloat16)
+    v = torch.randn(61, 2, 64, dtype=torch.bfloat16)
+    o = sagecute.sageattn_varlen(q, k, v, cu, cuk, 35, 48, is_causal=True, backend="reference")
+    assert o.shape == q.shape
+    for i in range(4):
+        a, b, c, d = cu[i], cu[i + 1], cuk[i], cuk[i + 1]
+        if a == b:
+            continue
+        ref = reference.attention_exact(q[a:b].unsqueeze(0), k[c:d].unsqueeze(0), v[c:d].unsqueeze(0), "NHD", True)[0]
+        assert error_metrics(o[a:b], ref).cosine > 0.99
+
+
+def test_dispatch_maps_archs():
+    cfg = dispatch.CallConfig(128, torch.bfloat16, False, "per_thread", "fp32+fp32", True, False, False)
+    assert dispatch.select_for_arch("sm80", cfg).backend == "sdpa"
+    assert dispatch.select_for_arch(None, cfg).backend == "sdpa"
+    assert dispatch.select_for_arch("sm100", cfg).backend == "sdpa"  # no sm100 kernel yet
+    with pytest.raises(NotImplementedError, match="sm120 kernel is not implemented"):
+        dispatch.select_for_arch("sm120", cfg, backend="sm120")
+    fp16acc = dispatch.CallConfig(128, torch.bfloat16, False, "per_thread", "fp32+fp16", True, False, False)
+    spec = dispatch.select_for_arch("sm90", fp16acc)
+    assert spec.backend == "sdpa" and "fp32+fp16" in spec.reason
+    big = dispatch.CallConfig(256, torch.bfloat16, False, "per_thread", "fp32+fp32", True, False, False)
+    assert "head_dim 256" in dispatch.select_for_arch("sm90", big).reason
