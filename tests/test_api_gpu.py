@@ -1,0 +1,79 @@
+"""Public API on an H100/H200: sageattn end to end vs the emulation and fp64."""
+
+import pytest
+import torch
+from tolerances import error_metrics, make_qkv
+
+import sagecute
+from sagecute import dispatch, reference
+
+pytestmark = pytest.mark.gpu
+
+
+def _on_sm90() -> bool:
+    return torch.cuda.is_available() and dispatch.device_arch(torch.device("cuda")) == "sm90"
+
+
+needs_sm90 = pytest.mark.skipif(not _on_sm90(), reason="needs an sm90 GPU")
+
+CASES = [
+    # b, hq, hkv, lq, lk, d, causal, layout, dtype, kind
+    (2, 8, 8, 1000, 1000, 128, False, "HND", torch.bfloat16, "normal"),
+    (1, 8, 2, 127, 4096, 64, True, "NHD", torch.float16, "outlier"),
+    (1, 4, 1, 1, 17, 128, False, "HND", torch.bfloat16, "peaked"),
+    (2, 4, 4, 300, 129, 80, True, "NHD", torch.bfloat16, "outlier"),
+]
+
+
+@needs_sm90
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"b{c[0]}h{c[1]}/{c[2]}q{c[3]}k{c[4]}d{c[5]}{'c' if c[6] else ''}{c[7]}-{c[9]}")
+def test_sageattn_matches_emulation_and_exact(case):
+    b, hq, hkv, lq, lk, d, causal, layout, dtype, kind = case
+    q, k, v = make_qkv(b, hq, hkv, lq, lk, d, dtype=dtype, device="cuda", kind=kind, layout=layout)
+    before = [t.clone() for t in (q, k, v)]
+    o, lse = sagecute.sageattn(q, k, v, tensor_layout=layout, is_causal=causal, return_lse=True, backend="sm90")
+    for t, t0 in zip((q, k, v), before):
+        assert torch.equal(t, t0), "an input was modified"
+    assert o.shape == q.shape and o.dtype == q.dtype and torch.isfinite(o).all()
+    emu, lse_emu = reference.sageattn_reference(q, k, v, layout, causal, return_lse=True, arch="sm90")
+    exact, lse_exact = reference.attention_exact(q, k, v, layout, causal, return_lse=True)
+    vs_emu, vs_exact, emu_exact = error_metrics(o, emu), error_metrics(o, exact), error_metrics(emu, exact)
+    # A correct kernel differs from the emulation by accumulation order only.
+    assert vs_emu.rel_l1 <= max(0.1 * emu_exact.rel_l1, 2e-3), (vs_emu, emu_exact)
+    assert vs_exact.rel_l1 <= 1.1 * emu_exact.rel_l1 + 1e-3, (vs_exact, emu_exact)
+    assert (lse - lse_exact).abs().max() < 0.05
+
+
+@needs_sm90
+def test_deterministic_and_no_recompile_for_new_lengths():
+    q, k, v = make_qkv(1, 4, 4, 513, 700, 128, device="cuda")
+    a = sagecute.sageattn(q, k, v, backend="sm90")
+    b = sagecute.sageattn(q, k, v, backend="sm90")
+    assert torch.equal(a, b)
+    from sagecute.kernels.sm90 import launch
+
+    n = launch.num_compiled()
+    q, k, v = make_qkv(3, 4, 4, 77, 1500, 128, device="cuda")
+    sagecute.sageattn(q, k, v, backend="sm90")
+    assert launch.num_compiled() == n
+
+
+@needs_sm90
+def test_auto_dispatch_on_sm90_and_fallbacks():
+    q, k, v = make_qkv(1, 4, 4, 256, 256, 128, device="cuda")
+    cfg = dispatch.CallConfig(128, q.dtype, False, "per_thread", "fp32+fp32", True, False, False)
+    assert dispatch.select(q.device, cfg).backend == "sm90"
+    with pytest.warns(RuntimeWarning, match="fp32\\+fp16"):
+        o = sagecute.sageattn(q, k, v, pv_accum_dtype="fp32+fp16")
+    assert torch.isfinite(o).all()
+    with pytest.raises(NotImplementedError, match="fp32\\+fp16"):
+        sagecute.sageattn(q, k, v, pv_accum_dtype="fp32+fp16", backend="sm90")
+
+
+@pytest.mark.parametrize("backend", ["reference", "sdpa"])
+def test_reference_and_sdpa_backends_on_gpu(backend):
+    q, k, v = make_qkv(1, 8, 2, 200, 333, 128, device="cuda", kind="outlier")
+    o, lse = sagecute.sageattn(q, k, v, is_causal=True, return_lse=True, backend=backend)
+    exact, lse_exact = reference.attention_exact(q, k, v, is_causal=True, return_lse=True)
+    assert error_metrics(o, exact).cosine > 0.998
+    assert (lse - lse_exact).abs().max() < 0.05
