@@ -59,23 +59,20 @@ def make_inputs(case: str, B: int, H: int, Hkv: int, L: int, D: int, *, causal: 
 # ------------------------------------------------------------------ metrics
 
 def metrics(out, ref) -> dict:
-    """cos, rel_l1, rmse, max_abs of ``out`` against ``ref`` (any shapes that match)."""
+    """cos, rel_l1, rmse, max_abs (``sagecute.metrics``) plus the count of non-finite outputs."""
     import torch
 
-    a = out.detach().double().flatten()
-    b = ref.detach().double().flatten()
-    if a.shape != b.shape:
+    from sagecute.metrics import error_metrics
+
+    if out.shape != ref.shape:
         raise ValueError(f"shape mismatch {tuple(out.shape)} vs {tuple(ref.shape)}")
-    diff = a - b
-    denom = (a.norm() * b.norm()).item()
-    cos = (a @ b).item() / denom if denom > 0 else float("nan")
-    l1 = b.abs().sum().item()
+    m = error_metrics(out, ref)
     return {
-        "cos": cos,
-        "rel_l1": diff.abs().sum().item() / l1 if l1 > 0 else float("nan"),
-        "rmse": math.sqrt((diff * diff).mean().item()),
-        "max_abs": diff.abs().max().item(),
-        "nonfinite": int((~torch.isfinite(a)).sum().item()),
+        "cos": m.cosine,
+        "rel_l1": m.rel_l1,
+        "rmse": m.rmse,
+        "max_abs": m.max_abs,
+        "nonfinite": int((~torch.isfinite(out.detach())).sum().item()),
     }
 
 
