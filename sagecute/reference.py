@@ -157,8 +157,11 @@ def _quantize_int8_float(xf: torch.Tensor, gran: QuantGranularity, geom: QuantGe
     amax = torch.zeros(b, h, n, device=xf.device, dtype=torch.float32)
     amax.scatter_reduce_(2, idx, row_amax, reduce="amax", include_self=True)
     amax = amax.clamp_min(INT8_AMAX_FLOOR)
-    scale = amax / INT8_MAX
-    inv = INT8_MAX / amax
+    # Tensor / tensor: torch turns division by a Python scalar into a multiply
+    # by its rounded reciprocal, which is not the IEEE quotient the kernels use.
+    c = torch.full_like(amax, INT8_MAX)
+    scale = amax / c
+    inv = c / amax
     inv_row = torch.gather(inv, 2, idx[..., :length]).unsqueeze(-1)
     x8 = torch.round(xf * inv_row).clamp(-INT8_MAX, INT8_MAX).to(torch.int8)
     return x8.contiguous(), scale
@@ -200,8 +203,9 @@ def quantize_v_fp8(
     if mean is not None:
         vf = vf - mean.float().unsqueeze(2)
     amax = vf.abs().amax(dim=2)  # [B,H,D]
-    v_scale = amax / scale_max
-    inv = torch.where(amax > 0, scale_max / amax, torch.zeros_like(amax))
+    c = torch.full_like(amax, scale_max)  # IEEE division, see _quantize_int8_float
+    v_scale = amax / c
+    inv = torch.where(amax > 0, c / amax, torch.zeros_like(amax))
     payload = e4m3_round(vf * inv.unsqueeze(2))  # [B,H,L,D]
     lp = geom.padded_kv_len(max(length, 1))
     vt = _pad_last(payload.transpose(2, 3), lp)  # [B,H,D,Lp]

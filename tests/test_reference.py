@@ -38,7 +38,7 @@ def test_int8_groups_follow_layout(gran, is_k, length, geom):
     for row in range(length):
         g = index(row, gran)
         amax[..., g] = torch.maximum(amax[..., g], x[:, :, row].float().abs().amax(-1))
-    torch.testing.assert_close(scale, amax / 127, rtol=0, atol=0)
+    torch.testing.assert_close(scale, amax / torch.full_like(amax, 127), rtol=0, atol=0)  # IEEE
     # Round to nearest: dequantization error at most half a step.
     rows = torch.tensor([index(r, gran) for r in range(length)])
     step = scale[:, :, rows].unsqueeze(-1)
@@ -80,8 +80,9 @@ def test_v_fp8_layout_roundtrip(length):
     assert v8.float().abs().max() <= 448
     # Token permutation within every 16: position p holds token V_TOKEN_PERM[p].
     amax = v.float().abs().amax(dim=2)
-    torch.testing.assert_close(vs, amax / 448, rtol=0, atol=0)
-    inv = torch.where(amax > 0, 448 / amax, torch.zeros_like(amax))
+    c = torch.full_like(amax, 448)  # tensor / tensor: IEEE, as the contract says
+    torch.testing.assert_close(vs, amax / c, rtol=0, atol=0)
+    inv = torch.where(amax > 0, c / amax, torch.zeros_like(amax))
     plain = R.e4m3_round(v.float() * inv.unsqueeze(2))
     vt = F.pad(plain.transpose(2, 3), (0, lp - length))
     p = torch.tensor(V_TOKEN_PERM)

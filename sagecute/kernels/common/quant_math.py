@@ -1,0 +1,114 @@
+"""Scalar PTX helpers shared by the quantizers: IEEE division, RNE rounding,
+e4m3 packing, global vector load/store views.
+
+Note [Bit-exact quantizer arithmetic]
+-------------------------------------
+The quantizers must match ``sagecute.reference`` bit for bit
+(docs/kernel-contract.md, design/numerics.md §3-§4). Three operations decide
+that, so each is spelled as explicit PTX instead of being left to the
+compiler's choice of lowering:
+
+* ``127 / amax``, ``amax / 127``, ``448 / amax``: ``div.rn.f32`` (IEEE, like
+  torch's CUDA division), never ``div.approx``/``div.full`` or a reciprocal.
+* ``round(x)``: ``cvt.rni.f32.f32`` (round half to even, like ``torch.round``).
+* ``e4m3(x)``: ``cvt.rn.satfinite.e4m3x2.f32`` (RNE, saturating at +-448, like
+  the reference's clamp-then-cast).
+
+Careful with torch oracles: ``127.0 / t`` in torch is ``t.reciprocal() * 127``
+and, on CUDA, ``t / 127.0`` is ``t * fl(1/127)``; neither is the IEEE quotient
+(tests/test_preprocess_gpu.py, Note [IEEE oracles]).
+
+The snippets are pure value computations (``has_side_effects=False``) so LLVM
+may CSE and schedule them freely. Everything here is a plain Python function
+called while a kernel is traced (inlined; nothing is a separate ``@cute.jit``).
+"""
+
+from __future__ import annotations
+
+import cutlass.cute as cute
+from cutlass import Float32, Int32, Int64
+from cutlass._mlir.dialects import llvm
+from cutlass.cutlass_dsl import T, dsl_user_op
+
+
+def _asm(res_type, ptx: str, constraints: str, args):
+    return llvm.inline_asm(res_type, args, ptx, constraints, has_side_effects=False, is_align_stack=False)
+
+
+@dsl_user_op
+def div_rn(a, b, *, loc=None, ip=None) -> Float32:
+    """IEEE round-to-nearest fp32 division ``a / b``."""
+    return Float32(
+        _asm(
+            T.f32(),
+            "div.rn.f32 $0, $1, $2;",
+            "=f,f,f",
+            [Float32(a).ir_value(loc=loc, ip=ip), Float32(b).ir_value(loc=loc, ip=ip)],
+        )
+    )
+
+
+@dsl_user_op
+def round_even(a, *, loc=None, ip=None) -> Float32:
+    """Round to the nearest integer, ties to even, staying in fp32."""
+    return Float32(_asm(T.f32(), "cvt.rni.f32.f32 $0, $1;", "=f,f", [Float32(a).ir_value(loc=loc, ip=ip)]))
+
+
+@dsl_user_op
+def f32_to_s32(a, *, loc=None, ip=None) -> Int32:
+    """Exact conversion of an integral fp32 value to int32."""
+    return Int32(_asm(T.i32(), "cvt.rzi.s32.f32 $0, $1;", "=r,f", [Float32(a).ir_value(loc=loc, ip=ip)]))
+
+
+@dsl_user_op
+def pack_e4m3x4(x0, x1, x2, x3, *, loc=None, ip=None) -> Int32:
+    """Four fp32 -> four e4m3 (RNE, satfinite) in one 32-bit word, ``x0`` in byte 0.
+
+    ``cvt.rn.satfinite.e4m3x2.f32 d, a, b`` puts ``a`` in the upper byte of ``d``.
+    """
+    return Int32(
+        _asm(
+            T.i32(),
+            "{\n\t.reg .b16 lo, hi;\n\t"
+            "cvt.rn.satfinite.e4m3x2.f32 lo, $2, $1;\n\t"
+            "cvt.rn.satfinite.e4m3x2.f32 hi, $4, $3;\n\t"
+            "mov.b32 $0, {lo, hi};\n\t}",
+            "=r,f,f,f,f",
+            [Float32(v).ir_value(loc=loc, ip=ip) for v in (x0, x1, x2, x3)],
+        )
+    )
+
+
+def quantize_int8x4(x0: Float32, x1: Float32, x2: Float32, x3: Float32, inv: Float32) -> Int32:
+    """``clamp(round_even(x * inv), -127, 127)`` for four values, packed as int8x4
+    (``x0`` in byte 0). Rounding before the clamp equals the reference's order
+    because the bounds are integers."""
+    word = Int32(0)
+    for i, x in enumerate((x0, x1, x2, x3)):
+        r = round_even(x * inv)
+        r = cute.arch.fmin(cute.arch.fmax(r, Float32(-127.0)), Float32(127.0))
+        word = word | ((f32_to_s32(r) & Int32(0xFF)) << Int32(8 * i))
+    return word
+
+
+def warp_max_bfly(x: Float32, lanes_mask: int) -> Float32:
+    """Max over the lanes that differ from this one only in the bits of ``lanes_mask``."""
+    for bit in range(5):
+        if lanes_mask & (1 << bit):
+            x = cute.arch.fmax(x, cute.arch.shuffle_sync_bfly(x, offset=1 << bit))
+    return x
+
+
+def warp_sum_bfly(x: Float32, lanes_mask: int) -> Float32:
+    """Sum over the lanes that differ from this one only in the bits of ``lanes_mask``
+    (a fixed butterfly order, so the result is deterministic)."""
+    for bit in range(5):
+        if lanes_mask & (1 << bit):
+            x = x + cute.arch.shuffle_sync_bfly(x, offset=1 << bit)
+    return x
+
+
+def gmem_vec(ptr: cute.Pointer, offset: Int64, n: int, align_elems: int) -> cute.Tensor:
+    """``n`` contiguous elements at ``ptr + offset``; ``offset`` is promised to be a
+    multiple of ``align_elems`` so loads/stores through it vectorize."""
+    return cute.make_tensor(ptr + cute.assume(offset, divby=align_elems), cute.make_layout(n))

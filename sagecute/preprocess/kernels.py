@@ -1,0 +1,445 @@
+"""Host wrappers of the CuTe DSL quantizers (device code in ``kernels/common/quant_*.py``).
+
+Same return conventions as the torch oracles of ``sagecute.reference``
+(docs/kernel-contract.md), bit-exact with the contract's IEEE arithmetic
+(tests/test_preprocess_gpu.py, Note [IEEE oracles]):
+
+* ``quantize_q_int8_cute(q, gran)`` -> ``(q_int8, q_scale)``
+* ``quantize_k_int8_cute(k, gran, smooth_k, mean=None)`` -> ``(k_int8, k_scale, k_mean | None)``
+* ``quantize_v_fp8_cute(v, scale_max=448.0)`` -> ``(v_fp8, v_scale)``
+* ``k_mean_cute(k)`` -> ``k_mean`` (sum order differs from torch: Note [K mean
+  summation order] in ``kernels/common/quant_kmean.py``)
+* ``compile_all_preprocess(arch, out_dir=None, quick=False)``: every variant
+  without a GPU, for ``python -m sagecute compile`` (``sagecute.compile_report``).
+
+Inputs are bf16/fp16 HND views ``[B, H, L, D]`` with any strides and a unit last
+stride (an NHD tensor is passed as its HND-permuted view). Views whose strides
+or base pointer are not 16-byte aligned are copied to contiguous first.
+
+Compile key: exactly (kernel, dtype, head_dim, granularity, is_k, has_mean,
+geometry, arch) and the launch path (Note [Two launch paths]). Batch, heads,
+seqlen, strides and ``scale_max`` are runtime arguments: a new sequence length
+never recompiles.
+
+K smoothing is two launches (``k_mean_cute`` reads K once, the quantizer reads
+it again); Q is one launch, V is one launch reading V twice.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+
+import cutlass
+import cutlass.cute as cute
+from cutlass import Float32, Int32, Int64
+
+from .. import reference
+from ..kernels.common.quant_fp8 import QuantizeVFp8
+from ..kernels.common.quant_int8 import QuantizeInt8
+from ..kernels.common.quant_kmean import KMean
+from ..quant_layout import FP8_E4M3_MAX, SM90_GEOMETRY, QuantGeometry, QuantGranularity
+
+__all__ = [
+    "quantize_q_int8_cute",
+    "quantize_k_int8_cute",
+    "quantize_v_fp8_cute",
+    "k_mean_cute",
+    "compile_all_preprocess",
+    "preprocess_variants",
+    "supported_head_dim",
+    "launch_path",
+    "set_launch_path",
+    "tvm_ffi_available",
+]
+
+ARCHS = ("sm_90a", "sm_100a", "sm_120a")
+_TORCH_TO_CUTE = {torch.bfloat16: cutlass.BFloat16, torch.float16: cutlass.Float16}
+_CUTE_DTYPES = {"bf16": cutlass.BFloat16, "fp16": cutlass.Float16}
+_ALIGN_ELEMS = 8  # 16 bytes of bf16/fp16
+
+
+# --------------------------------------------------------------------------
+# Compilation (GPU-free: fake pointers / fake tensors with symbolic dims)
+# --------------------------------------------------------------------------
+# Note [Two launch paths]
+# Every kernel has two host entries with the same device code: ``__call__``
+# takes raw pointers + sizes/strides (runs through the DSL's Python executor;
+# needs only nvidia-cutlass-dsl) and ``call_tensors`` takes tensors and is
+# compiled with ``--enable-tvm-ffi``, so torch tensors cross into C++ directly
+# (several times less host time per call). The TVM-FFI path is used when
+# ``tvm_ffi`` is importable and SAGECUTE_PREPROCESS_TVM_FFI is not "0"; if its
+# first call fails, the pointer path takes over and ``launch_path()`` says why.
+def _ptr(dtype, address: int = 0):
+    return cute.runtime.make_ptr(dtype, address, cute.AddressSpace.gmem, assumed_align=16)
+
+
+def _options(arch: str | None, extra: str = "") -> str:
+    return (f"--gpu-arch {arch} " if arch else "") + extra
+
+
+def _fake_in(dtype, head_dim: int):
+    """(B, H, L, D) input view: symbolic sizes, strides divisible by 8 elements, 16-byte base."""
+    shape = (cute.sym_int(), cute.sym_int(), cute.sym_int(), head_dim)
+    stride = tuple(cute.sym_int64(divisibility=_ALIGN_ELEMS) for _ in range(3)) + (1,)
+    return cute.runtime.make_fake_tensor(dtype, shape, stride=stride, assumed_align=16)
+
+
+def _fake_out(dtype, rank: int, last: int | None = None):
+    """Contiguous output with symbolic sizes (``last`` static if given)."""
+    shape = tuple(cute.sym_int() for _ in range(rank - 1)) + (last if last is not None else cute.sym_int(),)
+    return cute.runtime.make_fake_compact_tensor(
+        dtype, shape, stride_order=tuple(reversed(range(rank))), assumed_align=16
+    )
+
+
+def _ffi_stream():
+    return cute.runtime.make_fake_stream(use_tvm_ffi_env_stream=True)
+
+
+@functools.cache
+def _compile_int8(
+    dtype, head_dim: int, gran: QuantGranularity, is_k: bool, has_mean: bool, geom: QuantGeometry, arch, extra: str = ""
+):
+    op = QuantizeInt8(dtype, head_dim, gran, is_k, has_mean, geom)
+    return cute.compile(
+        op,
+        _ptr(dtype), _ptr(dtype), _ptr(Int32), _ptr(Float32),
+        Int32(1), Int32(1), Int64(8), Int64(8), Int64(8), Int64(8), Int64(8), Int32(1),
+        cute.runtime.make_fake_stream(),
+        options=_options(arch, extra),
+    )  # fmt: skip
+
+
+@functools.cache
+def _compile_int8_ffi(
+    dtype, head_dim: int, gran: QuantGranularity, is_k: bool, has_mean: bool, geom: QuantGeometry, arch, extra: str = ""
+):
+    op = QuantizeInt8(dtype, head_dim, gran, is_k, has_mean, geom)
+    return cute.compile(
+        op.call_tensors,
+        _fake_in(dtype, head_dim), _fake_in(dtype, head_dim) if has_mean else None,
+        _fake_out(cutlass.Int8, 4, head_dim), _fake_out(Float32, 3), _ffi_stream(),
+        options=_options(arch, "--enable-tvm-ffi " + extra),
+    )  # fmt: skip
+
+
+@functools.cache
+def _compile_kmean(dtype, head_dim: int, arch, extra: str = ""):
+    return cute.compile(
+        KMean(dtype, head_dim),
+        _ptr(dtype), _ptr(dtype), Int32(1), Int32(1), Int64(8), Int64(8), Int64(8), Int32(1),
+        cute.runtime.make_fake_stream(),
+        options=_options(arch, extra),
+    )  # fmt: skip
+
+
+@functools.cache
+def _compile_kmean_ffi(dtype, head_dim: int, arch, extra: str = ""):
+    return cute.compile(
+        KMean(dtype, head_dim).call_tensors,
+        _fake_in(dtype, head_dim), _fake_out(dtype, 4, head_dim), _ffi_stream(),
+        options=_options(arch, "--enable-tvm-ffi " + extra),
+    )  # fmt: skip
+
+
+@functools.cache
+def _compile_v_fp8(dtype, head_dim: int, geom: QuantGeometry, arch, extra: str = ""):
+    return cute.compile(
+        QuantizeVFp8(dtype, head_dim, geom),
+        _ptr(dtype), _ptr(Int32), _ptr(Float32),
+        Int32(1), Int32(1), Int64(8), Int64(8), Int64(8), Float32(FP8_E4M3_MAX), Int32(1),
+        cute.runtime.make_fake_stream(),
+        options=_options(arch, extra),
+    )  # fmt: skip
+
+
+@functools.cache
+def _compile_v_fp8_ffi(dtype, head_dim: int, geom: QuantGeometry, arch, extra: str = ""):
+    return cute.compile(
+        QuantizeVFp8(dtype, head_dim, geom).call_tensors,
+        _fake_in(dtype, head_dim), _fake_out(cutlass.Uint8, 4), _fake_out(Float32, 3, head_dim),
+        Float32(FP8_E4M3_MAX), _ffi_stream(),
+        options=_options(arch, "--enable-tvm-ffi " + extra),
+    )  # fmt: skip
+
+
+def tvm_ffi_available() -> bool:
+    return importlib.util.find_spec("tvm_ffi") is not None
+
+
+def supported_head_dim(head_dim: int) -> bool:
+    """Head dims every preprocessing kernel handles (the API pads to 64 / 128).
+    256 compiles but the INT8 kernel keeps 32 rows x 8 channels per thread in
+    registers and spills there, so it is not offered."""
+    return head_dim in (16, 32, 64, 128)
+
+
+@dataclass
+class PreprocessCompileResult:
+    """One compiled variant, in the shape ``sagecute.compile_report`` gathers."""
+
+    name: str
+    ok: bool
+    problem: str = ""
+    seconds: float = 0.0
+    summary: dict = field(default_factory=dict)
+
+
+def preprocess_variants(
+    *,
+    dtypes=("bf16", "fp16"),
+    head_dims=(64, 128),
+    grans=(QuantGranularity.PER_WARP, QuantGranularity.PER_THREAD),
+    geom: QuantGeometry = SM90_GEOMETRY,
+    ffi: bool = False,
+):
+    """(name, compile function, its arguments without ``arch``) of every shipped
+    variant; ``ffi`` adds the TVM-FFI entries (Note [Two launch paths])."""
+    for name in dtypes:
+        dtype = _CUTE_DTYPES[name]
+        for d in head_dims:
+            for gran in grans:
+                yield f"quant_q_int8-{name}-d{d}-{gran.value}", _compile_int8, (dtype, d, gran, False, False, geom)
+                yield f"quant_k_int8-{name}-d{d}-{gran.value}", _compile_int8, (dtype, d, gran, True, False, geom)
+                yield f"quant_k_int8_smooth-{name}-d{d}-{gran.value}", _compile_int8, (dtype, d, gran, True, True, geom)
+            yield f"k_mean-{name}-d{d}", _compile_kmean, (dtype, d)
+            yield f"quant_v_fp8-{name}-d{d}", _compile_v_fp8, (dtype, d, geom)
+            if ffi:
+                for gran in grans:
+                    tag = f"{name}-d{d}-{gran.value}-ffi"
+                    yield f"quant_q_int8-{tag}", _compile_int8_ffi, (dtype, d, gran, False, False, geom)
+                    yield f"quant_k_int8_smooth-{tag}", _compile_int8_ffi, (dtype, d, gran, True, True, geom)
+                yield f"k_mean-{name}-d{d}-ffi", _compile_kmean_ffi, (dtype, d)
+                yield f"quant_v_fp8-{name}-d{d}-ffi", _compile_v_fp8_ffi, (dtype, d, geom)
+
+
+# PTX each preprocessing kernel is expected to contain (Note [Bit-exact
+# quantizer arithmetic]); counted when compile_all_preprocess keeps artifacts.
+PTX_MARKERS = ("div.rn.f32", "div.approx", "div.full", "cvt.rni.f32.f32", "cvt.rn.satfinite.e4m3x2.f32",
+               "ld.global.v4", "st.global.v4", "st.global.v2", ".local")
+
+
+def compile_all_preprocess(arch: str, out_dir: str | None = None, quick: bool = False) -> list[PreprocessCompileResult]:
+    """Compile every preprocessing variant for ``arch`` (sm_90a, sm_100a, sm_120a)
+    without a GPU (plus the TVM-FFI entries where ``tvm_ffi`` is installed).
+    ``quick``: bf16, head_dim 128 only. With ``out_dir`` the PTX
+    and cubin of each variant are kept under ``out_dir/<name>`` and the summary
+    counts ``PTX_MARKERS``. Failures are reported, not raised."""
+    if arch not in ARCHS:
+        raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
+    kwargs = {"dtypes": ("bf16",), "head_dims": (128,)} if quick else {}
+    kwargs["ffi"] = tvm_ffi_available()
+    results = []
+    for name, fn, args in preprocess_variants(**kwargs):
+        t0 = time.time()
+        try:
+            if out_dir is None:
+                fn(*args, arch)
+                summary = {}
+            else:
+                vdir = os.path.join(out_dir, name)
+                os.makedirs(vdir, exist_ok=True)
+                compiled = fn.__wrapped__(*args, arch, extra=f"--keep-ptx --keep-cubin --dump-dir {vdir}")
+                summary = {"ptx": _ptx_counts(compiled)}
+            results.append(PreprocessCompileResult(name, True, "", time.time() - t0, summary))
+        except Exception as e:  # noqa: BLE001 - reported, not raised
+            results.append(PreprocessCompileResult(name, False, f"{type(e).__name__}: {e}", time.time() - t0))
+    return results
+
+
+def _ptx_counts(compiled) -> dict:
+    ptx = compiled.__ptx__ or ""
+    if os.path.exists(ptx):
+        with open(ptx) as f:
+            ptx = f.read()
+    return {m: ptx.count(m) for m in PTX_MARKERS}
+
+
+# --------------------------------------------------------------------------
+# Runtime
+# --------------------------------------------------------------------------
+_ffi_state = {"use": None, "why": ""}  # Note [Two launch paths]
+
+
+def launch_path() -> tuple[str, str]:
+    """("tvm-ffi" | "pointer", reason) for the calls made from now on."""
+    if _ffi_state["use"] is None:
+        if os.environ.get("SAGECUTE_PREPROCESS_TVM_FFI", "1") == "0":
+            _ffi_state.update(use=False, why="SAGECUTE_PREPROCESS_TVM_FFI=0")
+        elif not tvm_ffi_available():
+            _ffi_state.update(use=False, why="tvm_ffi not installed")
+        else:
+            _ffi_state.update(use=True, why="tvm_ffi installed")
+    return ("tvm-ffi" if _ffi_state["use"] else "pointer"), _ffi_state["why"]
+
+
+def set_launch_path(path: str | None) -> None:
+    """Force "tvm-ffi" or "pointer" (tests, benchmarks); None: choose automatically."""
+    if path not in (None, "tvm-ffi", "pointer"):
+        raise ValueError(f"unknown launch path {path!r}")
+    if path is None:
+        _ffi_state.update(use=None, why="")
+    else:
+        _ffi_state.update(use=path == "tvm-ffi", why=f"set_launch_path({path!r})")
+
+
+def _launch(ffi_launch, pointer_launch) -> None:
+    if launch_path()[0] == "tvm-ffi":
+        try:
+            ffi_launch()
+            return
+        except Exception as e:  # noqa: BLE001 - fall back once, say why
+            _ffi_state.update(use=False, why=f"TVM-FFI call failed: {type(e).__name__}: {e}")
+            warnings.warn(f"sagecute preprocess: {_ffi_state['why']}; using the pointer launch path", stacklevel=3)
+    pointer_launch()
+
+
+_streams: dict = {}
+
+
+def _stream(device):
+    handle = torch.cuda.current_stream(device).cuda_stream
+    st = _streams.get(handle)
+    if st is None:
+        import cuda.bindings.driver as cuda
+
+        st = _streams[handle] = cuda.CUstream(handle)
+    return st
+
+
+def _check_input(x: torch.Tensor, name: str) -> None:
+    if x.dim() != 4:
+        raise ValueError(f"{name} must be a 4-d HND view [B, H, L, D], got shape {tuple(x.shape)}")
+    if x.dtype not in _TORCH_TO_CUTE:
+        raise ValueError(f"{name} must be bf16 or fp16, got {x.dtype}")
+    if not x.is_cuda:
+        raise ValueError(f"{name} must be a CUDA tensor")
+    if not supported_head_dim(x.shape[-1]):
+        raise ValueError(f"{name}: head_dim {x.shape[-1]} not supported (16, 32, 64 or 128)")
+
+
+def _aligned(x: torch.Tensor) -> torch.Tensor:
+    """``x`` itself if its base is 16-byte aligned and every stride but the
+    last (1) is a multiple of 8 elements, else a contiguous copy."""
+    if x.stride(-1) == 1 and x.data_ptr() % 16 == 0 and all(st % _ALIGN_ELEMS == 0 for st in x.stride()[:-1]):
+        return x
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device).copy_(x)
+
+
+def _geom_n_scales(length: int, gran: QuantGranularity, is_k: bool, geom: QuantGeometry) -> int:
+    return geom.num_k_scales(length, gran) if is_k else geom.num_q_scales(length, gran)
+
+
+def _quantize_int8(x, gran, is_k: bool, mean, geom):
+    gran = QuantGranularity(gran)
+    b, h, length, d = x.shape
+    if b == 0 or h == 0 or length == 0:
+        return reference.quantize_qk_int8(x, gran, geom, is_k=is_k, mean=mean)
+    x = _aligned(x)
+    dtype = _TORCH_TO_CUTE[x.dtype]
+    x_int8 = torch.empty((b, h, length, d), dtype=torch.int8, device=x.device)
+    scale = torch.empty((b, h, _geom_n_scales(length, gran, is_k, geom)), dtype=torch.float32, device=x.device)
+    has_mean = mean is not None
+    if has_mean:
+        mean = _aligned(mean.to(x.dtype).expand(b, h, 1, d))
+
+    def ffi():
+        _compile_int8_ffi(dtype, d, gran, is_k, has_mean, geom, None)(x, mean, x_int8, scale)
+
+    def pointer():
+        fn = _compile_int8(dtype, d, gran, is_k, has_mean, geom, None)
+        m = mean if has_mean else x
+        fn(
+            _ptr(dtype, x.data_ptr()), _ptr(dtype, m.data_ptr()),
+            _ptr(Int32, x_int8.data_ptr()), _ptr(Float32, scale.data_ptr()),
+            Int32(h), Int32(length), Int64(x.stride(0)), Int64(x.stride(1)), Int64(x.stride(2)),
+            Int64(m.stride(0) if has_mean else 0), Int64(m.stride(1) if has_mean else 0), Int32(b),
+            _stream(x.device),
+        )  # fmt: skip
+
+    _launch(ffi, pointer)
+    return x_int8, scale
+
+
+def quantize_q_int8_cute(q: torch.Tensor, gran, geom: QuantGeometry = SM90_GEOMETRY):
+    """INT8 Q -> (q_int8 [B,H,L,D] contiguous, q_scale fp32 [B,H,n]); == ``reference.quantize_qk_int8(is_k=False)``."""
+    _check_input(q, "q")
+    return _quantize_int8(q, gran, False, None, geom)
+
+
+def k_mean_cute(k: torch.Tensor) -> torch.Tensor:
+    """Sequence mean [B,H,1,D] in k's dtype (Note [K mean summation order])."""
+    _check_input(k, "k")
+    b, h, length, d = k.shape
+    if b == 0 or h == 0 or length == 0:
+        return reference.k_mean(k)
+    k = _aligned(k)
+    dtype = _TORCH_TO_CUTE[k.dtype]
+    mean = torch.empty((b, h, 1, d), dtype=k.dtype, device=k.device)
+
+    def ffi():
+        _compile_kmean_ffi(dtype, d, None)(k, mean)
+
+    def pointer():
+        _compile_kmean(dtype, d, None)(
+            _ptr(dtype, k.data_ptr()), _ptr(dtype, mean.data_ptr()),
+            Int32(h), Int32(length), Int64(k.stride(0)), Int64(k.stride(1)), Int64(k.stride(2)), Int32(b),
+            _stream(k.device),
+        )  # fmt: skip
+
+    _launch(ffi, pointer)
+    return mean
+
+
+def quantize_k_int8_cute(
+    k: torch.Tensor,
+    gran,
+    smooth_k: bool,
+    geom: QuantGeometry = SM90_GEOMETRY,
+    *,
+    mean: torch.Tensor | None = None,
+):
+    """INT8 K (minus its sequence mean with ``smooth_k``) -> (k_int8, k_scale, k_mean or None).
+
+    ``mean`` ([B,H,1,D], k's dtype) overrides the computed mean (tests feed the
+    reference mean here to compare payloads bit for bit).
+    """
+    _check_input(k, "k")
+    km = None
+    if smooth_k:
+        km = mean if mean is not None else k_mean_cute(k)
+    k_int8, k_scale = _quantize_int8(k, gran, True, km, geom)
+    return k_int8, k_scale, km
+
+
+def quantize_v_fp8_cute(v: torch.Tensor, scale_max: float = FP8_E4M3_MAX, geom: QuantGeometry = SM90_GEOMETRY):
+    """FP8 V -> (v_fp8 e4m3 [B,H,D,Lpad], v_scale fp32 [B,H,D]); == ``reference.quantize_v_fp8``."""
+    _check_input(v, "v")
+    b, h, length, d = v.shape
+    if b == 0 or h == 0 or length == 0:
+        return reference.quantize_v_fp8(v, geom, scale_max=scale_max)
+    v = _aligned(v)
+    dtype = _TORCH_TO_CUTE[v.dtype]
+    padded = geom.padded_kv_len(length)
+    v_fp8 = torch.empty((b, h, d, padded), dtype=torch.float8_e4m3fn, device=v.device)
+    v_scale = torch.empty((b, h, d), dtype=torch.float32, device=v.device)
+
+    def ffi():
+        _compile_v_fp8_ffi(dtype, d, geom, None)(v, v_fp8.view(torch.uint8), v_scale, float(scale_max))
+
+    def pointer():
+        _compile_v_fp8(dtype, d, geom, None)(
+            _ptr(dtype, v.data_ptr()), _ptr(Int32, v_fp8.data_ptr()), _ptr(Float32, v_scale.data_ptr()),
+            Int32(h), Int32(length), Int64(v.stride(0)), Int64(v.stride(1)), Int64(v.stride(2)),
+            Float32(scale_max), Int32(b), _stream(v.device),
+        )  # fmt: skip
+
+    _launch(ffi, pointer)
+    return v_fp8, v_scale

@@ -1,0 +1,95 @@
+"""CuTe DSL preprocessing kernels compile for sm_90a, sm_100a and sm_120a without
+a GPU, and their PTX uses the exact arithmetic the contract needs (Note
+[Bit-exact quantizer arithmetic] in ``kernels/common/quant_math.py``)."""
+
+from __future__ import annotations
+
+import pytest
+
+from sagecute.quant_layout import SM89_GEOMETRY, SM90_GEOMETRY, V_TOKEN_PERM, QuantGranularity
+
+ARCHS = ("sm_90a", "sm_100a", "sm_120a")
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_compile_quick_set(arch):
+    """bf16 / head_dim 128: every kernel (Q, K, K smoothed per granularity; mean; V),
+    and their TVM-FFI entries where tvm_ffi is installed (Note [Two launch paths])."""
+    from sagecute.preprocess.kernels import compile_all_preprocess, tvm_ffi_available
+
+    results = compile_all_preprocess(arch, quick=True)
+    assert len(results) == 8 + (6 if tvm_ffi_available() else 0)
+    bad = [(r.name, r.problem) for r in results if not r.ok]
+    assert not bad, bad
+
+
+def test_compile_other_dtype_and_head_dim():
+    from sagecute.preprocess import kernels as K
+
+    fails = []
+    for name, fn, args in K.preprocess_variants(dtypes=("fp16",), head_dims=(64,)):
+        try:
+            fn(*args, "sm_90a")
+        except Exception as e:  # noqa: BLE001
+            fails.append((name, repr(e)))
+    assert not fails, fails
+
+
+def test_ptx_uses_exact_arithmetic(tmp_path):
+    from sagecute.preprocess.kernels import compile_all_preprocess
+
+    results = {r.name: r for r in compile_all_preprocess("sm_90a", out_dir=str(tmp_path), quick=True)}
+    for name, r in results.items():
+        assert r.ok, (name, r.problem)
+        ptx = r.summary["ptx"]
+        assert ptx["div.approx"] == 0 and ptx["div.full"] == 0, name
+        assert ptx["div.rn.f32"] >= 1, name
+        assert ptx[".local"] == 0, f"{name}: local memory (spills or stack arrays)"
+        assert ptx["ld.global.v4"] >= 1, f"{name}: no 16-byte loads"
+        if "int8" in name:
+            assert ptx["cvt.rni.f32.f32"] >= 8 and ptx["st.global.v2"] >= 1, name
+        if "v_fp8" in name:
+            assert ptx["cvt.rn.satfinite.e4m3x2.f32"] >= 8 and ptx["st.global.v4"] >= 1, name
+
+
+@pytest.mark.parametrize("geom", [SM90_GEOMETRY, SM89_GEOMETRY], ids=["sm90", "sm89"])
+@pytest.mark.parametrize("is_k", [False, True], ids=["q", "k"])
+@pytest.mark.parametrize("gran", list(QuantGranularity), ids=lambda g: g.value)
+def test_scale_group_bit_masks(geom, is_k, gran):
+    """Note [Scale groups as bit masks]: the kernel's grouping is the geometry's."""
+    from sagecute.kernels.common.quant_int8 import _group_mask, _squeeze, _warp_offsets
+
+    mask, per_block = _group_mask(geom, gran, is_k)
+    blk = geom.blk_k if is_k else geom.blk_q
+    bits = blk.bit_length() - 1
+    index = geom.k_scale_index if is_k else geom.q_scale_index
+    for r in range(blk):
+        assert _squeeze(r, mask, bits) == index(r, gran)
+        # rows the kernel combines for row r: butterfly over the lane bits of the
+        # mask, then the warps named by its high bits
+        lanes = {r ^ m for m in range(32) if (m & ~mask) == 0}
+        offsets = _warp_offsets(mask)
+        rows = {(lr & ~(mask & ~31)) | w for lr in lanes for w in offsets} if offsets else lanes
+        group = {j for j in range(blk) if index(j, gran) == index(r, gran)}
+        assert rows == group
+
+
+def test_v_permutation_words():
+    from sagecute.kernels.common.quant_fp8 import _perm_words
+
+    words = _perm_words()
+    assert [t for w in words for t in w] == list(V_TOKEN_PERM)
+    # consecutive token pairs stay adjacent: one e4m3x2 conversion per pair
+    assert all(w[1] == w[0] + 1 and w[3] == w[2] + 1 for w in words)
+
+
+def test_rejects_unsupported_configs():
+    import cutlass
+
+    from sagecute.kernels.common.quant_fp8 import QuantizeVFp8
+    from sagecute.kernels.common.quant_int8 import QuantizeInt8
+
+    with pytest.raises(ValueError):
+        QuantizeInt8(cutlass.BFloat16, 72, QuantGranularity.PER_THREAD, False, False, SM90_GEOMETRY)
+    with pytest.raises(ValueError):
+        QuantizeVFp8(cutlass.Float32, 128, SM90_GEOMETRY)

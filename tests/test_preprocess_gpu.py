@@ -1,0 +1,422 @@
+"""CuTe DSL quantizers on a GPU vs the torch oracles of ``sagecute.reference``:
+payloads and scales must be bit-identical (docs/kernel-contract.md).
+
+``python tests/test_preprocess_gpu.py`` also prints kernel timings.
+"""
+
+from __future__ import annotations
+
+
+import pytest
+import torch
+
+from sagecute import reference as ref
+from sagecute.quant_layout import SM89_GEOMETRY, SM90_GEOMETRY, QuantGranularity
+
+pytestmark = pytest.mark.gpu
+
+T, W, B = QuantGranularity.PER_THREAD, QuantGranularity.PER_WARP, QuantGranularity.PER_BLOCK
+BF16, FP16 = torch.bfloat16, torch.float16
+
+
+def _kernels():
+    from sagecute.preprocess import kernels
+
+    return kernels
+
+
+# --------------------------------------------------------------------------
+# inputs and comparisons
+# --------------------------------------------------------------------------
+def make_input(b, h, length, d, dtype, layout="HND", kind="randn", seed=0, offset=0):
+    """HND view [b, h, length, d]; NHD storage for layout="NHD"; "strided" is a
+    slice of a longer, wider buffer; ``offset`` elements of storage offset."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    if kind == "randn":
+        x = torch.randn(b, h, length, d, generator=g)
+    elif kind == "outlier":  # 1e4-magnitude channels
+        x = torch.randn(b, h, length, d, generator=g)
+        x[..., ::17] *= 1e4
+    elif kind == "const":  # all-equal rows
+        x = torch.full((b, h, length, d), 0.75)
+    elif kind == "fp16max":  # near fp16 overflow
+        x = torch.randn(b, h, length, d, generator=g).clamp(-1, 1) * 65000.0
+        x[..., 0] = 65504.0
+    elif kind == "zeros_channel":
+        x = torch.randn(b, h, length, d, generator=g)
+        x[..., 3] = 0.0
+    else:
+        raise ValueError(kind)
+    x = x.to(dtype)
+    if layout == "HND":
+        buf = torch.zeros(offset + x.numel(), dtype=dtype)
+        view = buf[offset:].view(b, h, length, d)
+    elif layout == "NHD":
+        buf = torch.zeros(offset + x.numel(), dtype=dtype)
+        view = buf[offset:].view(b, length, h, d).transpose(1, 2)
+    elif layout == "strided":  # [B, L+5, H+1, D+16] buffer, NHD-like, sliced
+        full = torch.zeros(b, length + 5, h + 1, d + 16, dtype=dtype)
+        view = full[:, 3 : 3 + length, 1:, 8 : 8 + d].transpose(1, 2)
+    else:
+        raise ValueError(layout)
+    view.copy_(x)
+    view = view.cuda() if layout == "HND" and offset == 0 else _to_cuda_keep_strides(view)
+    assert torch.equal(view.cpu(), x)
+    return view
+
+
+def _to_cuda_keep_strides(view):
+    base = view._base if view._base is not None else view
+    storage_off = view.storage_offset()
+    dev = base.cuda()
+    return torch.as_strided(dev.reshape(-1), view.shape, view.stride(), storage_off)
+
+
+def _bits(x):
+    if x.dtype == torch.float32:
+        return x.view(torch.int32)
+    if x.dtype == torch.float8_e4m3fn:
+        return x.view(torch.uint8)
+    if x.dtype in (torch.bfloat16, torch.float16):
+        return x.view(torch.int16)
+    return x
+
+
+def assert_bits_equal(out, want, what):
+    assert out.shape == want.shape, f"{what}: shape {tuple(out.shape)} != {tuple(want.shape)}"
+    assert out.dtype == want.dtype, f"{what}: dtype {out.dtype} != {want.dtype}"
+    assert out.is_contiguous(), f"{what}: not contiguous"
+    ob, wb = _bits(out), _bits(want)
+    bad = ob != wb
+    if bad.any():
+        idx = bad.nonzero()[:4].tolist()
+        vals = [(tuple(i), out[tuple(i)].float().item(), want[tuple(i)].float().item()) for i in idx]
+        pytest.fail(f"{what}: {int(bad.sum())}/{bad.numel()} elements differ, first (index, got, want): {vals}")
+
+
+def assert_finite(*ts):
+    for t in ts:
+        assert torch.isfinite(t.float()).all(), "inf/NaN in output"
+
+
+# Note [IEEE oracles]
+# The contract (docs/kernel-contract.md) divides in IEEE fp32: scale = amax / 127,
+# inv = 127 / amax, v_scale = amax / scale_max, inv = scale_max / amax.
+# sagecute.reference divides tensor by tensor for that (torch turns a division by
+# a Python number into a multiply by a rounded reciprocal).
+def oracle_qk_int8(x, gran, geom=SM90_GEOMETRY, *, is_k, mean=None):
+    return ref.quantize_qk_int8(x, gran, geom, is_k=is_k, mean=mean)
+
+
+def oracle_v_fp8(v, geom=SM90_GEOMETRY, *, scale_max=448.0):
+    return ref.quantize_v_fp8(v, geom, scale_max=scale_max)
+
+
+@pytest.fixture(params=["auto", "pointer"])
+def launch_path(request):
+    """Note [Two launch paths] in preprocess/kernels.py: default choice, and the pointer path."""
+    kern = _kernels()
+    kern.set_launch_path(None if request.param == "auto" else "pointer")
+    yield kern.launch_path()[0]
+    kern.set_launch_path(None)
+
+
+# --------------------------------------------------------------------------
+# Q and K INT8
+# --------------------------------------------------------------------------
+QK_CASES = [
+    # (b, h, length, d, dtype, layout, gran)
+    (1, 1, 1, 128, BF16, "HND", T),
+    (2, 3, 17, 128, BF16, "NHD", T),
+    (2, 3, 17, 64, FP16, "HND", W),
+    (1, 2, 128, 128, FP16, "NHD", W),
+    (1, 5, 1000, 128, BF16, "HND", W),
+    (2, 2, 1000, 64, BF16, "NHD", T),
+    (1, 8, 1000, 128, FP16, "strided", T),
+    (1, 4, 4100, 64, BF16, "strided", W),
+    (3, 1, 255, 128, BF16, "HND", B),
+    (2, 2, 50, 32, FP16, "NHD", T),
+]
+
+
+def _qk_id(c):
+    b, h, length, d, dtype, layout, gran = c
+    return f"b{b}-h{h}-l{length}-d{d}-{str(dtype)[6:]}-{layout}-{gran.value}"
+
+
+@pytest.mark.parametrize("case", QK_CASES, ids=_qk_id)
+def test_q_int8_matches_reference(case, launch_path):
+    b, h, length, d, dtype, layout, gran = case
+    q = make_input(b, h, length, d, dtype, layout, seed=1)
+    q8, qs = _kernels().quantize_q_int8_cute(q, gran)
+    r8, rs = oracle_qk_int8(q, gran, is_k=False)
+    assert_bits_equal(qs, rs, "q_scale")
+    assert_bits_equal(q8, r8, "q_int8")
+
+
+@pytest.mark.parametrize("case", QK_CASES, ids=_qk_id)
+@pytest.mark.parametrize("smooth_k", [False, True], ids=["plain", "smooth"])
+def test_k_int8_matches_reference(case, smooth_k, launch_path):
+    b, h, length, d, dtype, layout, gran = case
+    k = make_input(b, h, length, d, dtype, layout, kind="outlier" if smooth_k else "randn", seed=2)
+    km = ref.k_mean(k) if smooth_k else None
+    k8, ks, km_out = _kernels().quantize_k_int8_cute(k, gran, smooth_k, mean=km)
+    r8, rs = oracle_qk_int8(k, gran, SM90_GEOMETRY, is_k=True, mean=km)
+    assert (km_out is None) == (not smooth_k)
+    assert_bits_equal(ks, rs, "k_scale")
+    assert_bits_equal(k8, r8, "k_int8")
+
+
+@pytest.mark.parametrize("case", QK_CASES[:6], ids=_qk_id)
+def test_k_int8_with_kernel_mean(case):
+    """Full smooth_k path: the kernel's own mean, and payloads exact given that mean."""
+    b, h, length, d, dtype, layout, gran = case
+    k = make_input(b, h, length, d, dtype, layout, kind="outlier", seed=3)
+    k8, ks, km = _kernels().quantize_k_int8_cute(k, gran, True)
+    assert km.shape == (b, h, 1, d) and km.dtype == dtype
+    r8, rs = oracle_qk_int8(k, gran, SM90_GEOMETRY, is_k=True, mean=km)
+    assert_bits_equal(ks, rs, "k_scale")
+    assert_bits_equal(k8, r8, "k_int8")
+
+
+@pytest.mark.parametrize("case", QK_CASES, ids=_qk_id)
+def test_k_mean_within_one_ulp(case, launch_path):
+    """Note [K mean summation order]: fp32 sum order differs from torch's."""
+    b, h, length, d, dtype, layout, _ = case
+    k = make_input(b, h, length, d, dtype, layout, kind="outlier", seed=4)
+    km = _kernels().k_mean_cute(k)
+    want = ref.k_mean(k)
+    assert km.shape == want.shape and km.dtype == want.dtype
+    # one unit in the last place of the input dtype, at the mean's magnitude
+    ulp = (want.float().abs() * (2.0 ** -(7 if dtype == BF16 else 10))).clamp_min(1e-30)
+    err = (km.float() - want.float()).abs()
+    assert (err <= ulp).all(), f"max |mean - ref| = {err.max().item()}"
+    frac_exact = (_bits(km) == _bits(want)).float().mean().item()
+    assert frac_exact > 0.9, f"only {frac_exact:.1%} of the means are bit-identical"
+    if length == 1:  # the mean of one token is that token
+        assert_bits_equal(km, want, "k_mean")
+
+
+@pytest.mark.parametrize("kind", ["const", "outlier", "fp16max", "zeros_channel"])
+@pytest.mark.parametrize("gran", [T, W], ids=lambda g: g.value)
+def test_int8_edge_values(kind, gran):
+    dtype = FP16 if kind == "fp16max" else BF16
+    x = make_input(2, 2, 300, 128, dtype, "HND", kind=kind, seed=5)
+    kern = _kernels()
+    q8, qs = kern.quantize_q_int8_cute(x, gran)
+    r8, rs = oracle_qk_int8(x, gran, SM90_GEOMETRY, is_k=False)
+    assert_finite(qs)
+    assert_bits_equal(qs, rs, "q_scale")
+    assert_bits_equal(q8, r8, "q_int8")
+    km = ref.k_mean(x)
+    k8, ks, _ = kern.quantize_k_int8_cute(x, gran, True, mean=km)
+    r8, rs = oracle_qk_int8(x, gran, SM90_GEOMETRY, is_k=True, mean=km)
+    assert_finite(ks)
+    assert_bits_equal(ks, rs, "k_scale")
+    assert_bits_equal(k8, r8, "k_int8")
+    km_kernel = kern.k_mean_cute(x)
+    assert_finite(km_kernel)
+    if kind == "const":  # smoothed K is exactly zero: every group gets the floor scale
+        k8, ks, _ = kern.quantize_k_int8_cute(x, gran, True)
+        assert (k8 == 0).all()
+
+
+@pytest.mark.parametrize("gran", [T, W], ids=lambda g: g.value)
+def test_int8_sm89_geometry(gran):
+    """The kernels follow any bit-mask geometry (warp_q 32, blk_k 64 here)."""
+    x = make_input(1, 3, 333, 64, BF16, "NHD", seed=6)
+    kern = _kernels()
+    q8, qs = kern.quantize_q_int8_cute(x, gran, SM89_GEOMETRY)
+    r8, rs = oracle_qk_int8(x, gran, SM89_GEOMETRY, is_k=False)
+    assert_bits_equal(qs, rs, "q_scale")
+    assert_bits_equal(q8, r8, "q_int8")
+    km = ref.k_mean(x)
+    k8, ks, _ = kern.quantize_k_int8_cute(x, gran, True, SM89_GEOMETRY, mean=km)
+    r8, rs = oracle_qk_int8(x, gran, SM89_GEOMETRY, is_k=True, mean=km)
+    assert_bits_equal(ks, rs, "k_scale")
+    assert_bits_equal(k8, r8, "k_int8")
+
+
+# --------------------------------------------------------------------------
+# V FP8
+# --------------------------------------------------------------------------
+V_CASES = [
+    # (b, h, length, d, dtype, layout, scale_max)
+    (1, 1, 1, 128, BF16, "HND", 448.0),
+    (2, 3, 17, 64, FP16, "NHD", 448.0),
+    (1, 2, 128, 128, BF16, "NHD", 2.25),
+    (2, 2, 1000, 128, FP16, "HND", 448.0),
+    (1, 4, 1000, 64, BF16, "strided", 448.0),
+    (1, 2, 4100, 128, BF16, "NHD", 2.25),
+    (2, 1, 300, 32, FP16, "strided", 448.0),
+]
+
+
+def _v_id(c):
+    b, h, length, d, dtype, layout, smax = c
+    return f"b{b}-h{h}-l{length}-d{d}-{str(dtype)[6:]}-{layout}-smax{smax}"
+
+
+@pytest.mark.parametrize("case", V_CASES, ids=_v_id)
+def test_v_fp8_matches_reference(case, launch_path):
+    b, h, length, d, dtype, layout, smax = case
+    v = make_input(b, h, length, d, dtype, layout, seed=7)
+    v8, vs = _kernels().quantize_v_fp8_cute(v, scale_max=smax)
+    r8, rs = oracle_v_fp8(v, SM90_GEOMETRY, scale_max=smax)
+    assert_bits_equal(vs, rs, "v_scale")
+    assert_bits_equal(v8, r8, "v_fp8")
+
+
+@pytest.mark.parametrize("kind", ["const", "outlier", "fp16max", "zeros_channel"])
+def test_v_fp8_edge_values(kind):
+    dtype = FP16 if kind == "fp16max" else BF16
+    v = make_input(1, 2, 300, 64, dtype, "NHD", kind=kind, seed=8)
+    v8, vs = _kernels().quantize_v_fp8_cute(v)
+    r8, rs = oracle_v_fp8(v, SM90_GEOMETRY)
+    assert_finite(vs, v8)
+    assert_bits_equal(vs, rs, "v_scale")
+    assert_bits_equal(v8, r8, "v_fp8")
+    if kind == "zeros_channel":
+        assert vs[..., 3].eq(0).all() and v8[..., 3, :].view(torch.uint8).eq(0).all()
+
+
+def test_e4m3_rounding_and_saturation():
+    """Ties to even, subnormals and zero: amax 448 makes inv exactly 1, so the
+    payload is e4m3(v) of bf16 values placed on e4m3 rounding midpoints."""
+    vals = [448.0, 0.0, 1.0625, 1.1875, -1.0625, 17.0, 19.0, 0.53125, 3 * 2.0**-10, 2.0**-10, 2.0**-11, -447.9]
+    col = torch.tensor(vals * 3)
+    v = col.reshape(1, 1, -1, 1).expand(1, 1, col.numel(), 64).contiguous().to(BF16).cuda()
+    v8, vs = _kernels().quantize_v_fp8_cute(v)
+    r8, rs = oracle_v_fp8(v, SM90_GEOMETRY)
+    assert vs.eq(1.0).all()
+    assert_bits_equal(vs, rs, "v_scale")
+    assert_bits_equal(v8, r8, "v_fp8")
+    got = ref.unpermute_v_fp8(v8, col.numel())[0, 0, : len(vals), 0].cpu().tolist()
+    assert got[:11] == [448.0, 0.0, 1.0, 1.25, -1.0, 16.0, 20.0, 0.5, 2.0**-8, 0.0, 0.0]
+
+
+def test_unaligned_input_falls_back_to_copy():
+    """Storage offset of 1 element: not 16-byte aligned, still exact."""
+    x = make_input(1, 2, 77, 64, BF16, "HND", seed=9, offset=1)
+    assert x.data_ptr() % 16 != 0
+    q8, qs = _kernels().quantize_q_int8_cute(x, T)
+    r8, rs = oracle_qk_int8(x, T, SM90_GEOMETRY, is_k=False)
+    assert_bits_equal(qs, rs, "q_scale")
+    assert_bits_equal(q8, r8, "q_int8")
+    v8, vs = _kernels().quantize_v_fp8_cute(x)
+    r8, rs = oracle_v_fp8(x, SM90_GEOMETRY)
+    assert_bits_equal(v8, r8, "v_fp8")
+
+
+def test_reference_uses_ieee_division():
+    """Note [IEEE oracles]: does sagecute.reference itself match the kernels?"""
+    x = make_input(2, 4, 1000, 128, BF16, "HND", kind="outlier", seed=11)
+    v8, vs = _kernels().quantize_v_fp8_cute(x)
+    q8, qs = _kernels().quantize_q_int8_cute(x, T)
+    r8, rs = ref.quantize_qk_int8(x, T, SM90_GEOMETRY, is_k=False)
+    w8, ws = ref.quantize_v_fp8(x, SM90_GEOMETRY)
+    diffs = {
+        "q_scale": int((_bits(qs) != _bits(rs)).sum()),
+        "q_int8": int((q8 != r8).sum()),
+        "v_scale": int((_bits(vs) != _bits(ws)).sum()),
+        "v_fp8": int((_bits(v8) != _bits(w8)).sum()),
+    }
+    assert not any(diffs.values()), f"reference.py and the kernels differ: {diffs}"
+
+
+def test_tvm_ffi_path_is_used_when_installed():
+    kern = _kernels()
+    kern.set_launch_path(None)
+    if not kern.tvm_ffi_available():
+        pytest.skip("tvm_ffi not installed")
+    x = make_input(1, 2, 100, 64, BF16, "NHD", seed=12)
+    kern.quantize_q_int8_cute(x, T)
+    kern.quantize_k_int8_cute(x, W, True)
+    kern.quantize_v_fp8_cute(x)
+    assert kern.launch_path() == ("tvm-ffi", "tvm_ffi installed")
+
+
+def test_new_seqlen_does_not_recompile():
+    kern = _kernels()
+    caches = (kern._compile_int8, kern._compile_kmean, kern._compile_v_fp8,
+              kern._compile_int8_ffi, kern._compile_kmean_ffi, kern._compile_v_fp8_ffi)  # fmt: skip
+    for length in (5, 129):
+        x = make_input(1, 2, length, 128, BF16, "HND", seed=10)
+        kern.quantize_q_int8_cute(x, T)
+        kern.quantize_k_int8_cute(x, T, True)
+        kern.quantize_v_fp8_cute(x)
+    before = [c.cache_info().misses for c in caches]
+    for length in (1, 33, 1000, 3000):
+        x = make_input(2, 3, length, 128, BF16, "NHD", seed=10)
+        kern.quantize_q_int8_cute(x, T)
+        kern.quantize_k_int8_cute(x, T, True)
+        kern.quantize_v_fp8_cute(x)
+    torch.cuda.synchronize()
+    assert [c.cache_info().misses for c in caches] == before
+
+
+def test_rejects_bad_input():
+    kern = _kernels()
+    with pytest.raises(ValueError, match="bf16 or fp16"):
+        kern.quantize_q_int8_cute(torch.zeros(1, 1, 4, 64, device="cuda"), T)
+    with pytest.raises(ValueError, match="head_dim"):
+        kern.quantize_v_fp8_cute(torch.zeros(1, 1, 4, 72, device="cuda", dtype=BF16))
+    with pytest.raises(ValueError, match="head_dim"):
+        kern.quantize_q_int8_cute(torch.zeros(1, 1, 4, 256, device="cuda", dtype=BF16), T)
+
+
+# --------------------------------------------------------------------------
+# timings (python tests/test_preprocess_gpu.py)
+# --------------------------------------------------------------------------
+def _bench(fn, iters=20):
+    for _ in range(3):
+        fn()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize()
+    start.record()
+    for _ in range(iters):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / iters * 1e3  # us
+
+
+def main():
+    kern = _kernels()
+    print(torch.cuda.get_device_name(), "launch path:", kern.launch_path())
+    for b, h, hkv, length, d in ((4, 32, 8, 1024, 128), (4, 32, 32, 8192, 128), (1, 32, 8, 1000, 64)):
+        q = torch.randn(b, h, length, d, device="cuda", dtype=BF16)
+        k = torch.randn(b, hkv, length, d, device="cuda", dtype=BF16)
+        v = torch.randn(b, hkv, length, d, device="cuda", dtype=BF16)
+        mb = lambda *ts: sum(t.numel() * t.element_size() for t in ts) / 1e6  # noqa: E731
+        rows = [
+            ("q int8 per_thread", lambda: kern.quantize_q_int8_cute(q, T), mb(q) * 1.5),
+            ("k mean", lambda: kern.k_mean_cute(k), mb(k)),
+            ("k int8 smooth (mean+quant)", lambda: kern.quantize_k_int8_cute(k, T, True), mb(k) * 2.5),
+            ("v fp8", lambda: kern.quantize_v_fp8_cute(v), mb(v) * 2.5),
+            ("torch ref q+k+v", lambda: (ref.quantize_qk_int8(q, T, is_k=False),
+                                        ref.quantize_qk_int8(k, T, is_k=True, mean=ref.k_mean(k)),
+                                        ref.quantize_v_fp8(v)), None),
+        ]  # fmt: skip
+        print(f"B{b} H{h}/{hkv} L{length} D{d}: us per call (GPU-bound value in a CUDA graph-free loop)")
+        for name, fn, traffic in rows:
+            line = f"  {name:28s}"
+            for path in ("tvm-ffi", "pointer") if traffic else ("-",):
+                if traffic:
+                    kern.set_launch_path(path)
+                us = _bench(fn)
+                bw = f" {traffic / us:5.2f} TB/s" if traffic else ""
+                line += f"  {path:8s}{us:8.1f}{bw}"
+            print(line)
+        kern.set_launch_path(None)
+    # host time per call: many calls on a tiny problem
+    x = torch.randn(1, 1, 16, 64, device="cuda", dtype=BF16)
+    for path in ("tvm-ffi", "pointer"):
+        kern.set_launch_path(path)
+        print(f"tiny call ({path}): q {_bench(lambda: kern.quantize_q_int8_cute(x, T), 200):.1f} us, "
+              f"v {_bench(lambda: kern.quantize_v_fp8_cute(x), 200):.1f} us")
+    kern.set_launch_path(None)
+
+
+if __name__ == "__main__":
+    main()
