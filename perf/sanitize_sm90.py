@@ -1,0 +1,41 @@
+"""A handful of sm90 calls for compute-sanitizer (memcheck / racecheck).
+
+    compute-sanitizer --tool memcheck python perf/sanitize_sm90.py
+
+Small shapes that hit the edges: Lq/Lk tails, L = 1, causal with Lq != Lk, GQA,
+NHD strides. Exits non-zero if an output has NaN (every element is written).
+"""
+
+import sys
+
+import torch
+
+import sagecute
+
+SHAPES = [
+    # b, hq, hkv, lq, lk, d, causal, layout
+    (1, 2, 2, 1, 1, 128, False, "HND"),
+    (1, 4, 1, 130, 257, 128, True, "NHD"),
+    (2, 4, 2, 257, 130, 64, True, "HND"),
+    (1, 2, 2, 300, 300, 64, False, "NHD"),
+]
+
+
+def main() -> int:
+    bad = 0
+    for b, hq, hkv, lq, lk, d, causal, layout in SHAPES:
+        shape_q = (b, hq, lq, d) if layout == "HND" else (b, lq, hq, d)
+        shape_k = (b, hkv, lk, d) if layout == "HND" else (b, lk, hkv, d)
+        q = torch.randn(shape_q, device="cuda", dtype=torch.bfloat16)
+        k = torch.randn(shape_k, device="cuda", dtype=torch.bfloat16)
+        v = torch.randn(shape_k, device="cuda", dtype=torch.bfloat16)
+        o, lse = sagecute.sageattn(q, k, v, layout, causal, return_lse=True, backend="sm90")
+        torch.cuda.synchronize()
+        ok = bool(torch.isfinite(o).all()) and bool(torch.isfinite(lse).all())
+        bad += not ok
+        print(f"b{b} h{hq}/{hkv} q{lq} k{lk} d{d} causal={causal} {layout}: {'ok' if ok else 'NON-FINITE'}")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""Warpgroup MMA (sm90 WGMMA) helpers: smem layouts, GEMM issue, accumulator views.
+
+Kept free of torch; used by ``kernels/sm90`` (and by sm120's RS paths where the
+accumulator fragment layout is the same).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Type
+
+import cutlass
+import cutlass.cute as cute
+import cutlass.utils.hopper_helpers as sm90_utils_basic
+from cutlass import const_expr
+from cutlass.cute.nvgpu import warpgroup
+from cutlass.cutlass_dsl import Numeric
+from cutlass.tensor_utils import LayoutEnum
+
+
+def make_smem_layout_k_major(dtype: Type[Numeric], rows: int, cols: int, stages: Optional[int] = None):
+    """Swizzled smem layout for a ``(rows, cols)`` tile whose ``cols`` axis is contiguous
+    (the K axis of a K-major WGMMA operand), optionally with a trailing stage mode."""
+    atom = warpgroup.make_smem_layout_atom(
+        sm90_utils_basic.get_smem_layout_atom(LayoutEnum.ROW_MAJOR, dtype, cols), dtype
+    )
+    shape = (rows, cols) if stages is None else (rows, cols, stages)
+    order = (0, 1) if stages is None else (0, 1, 2)
+    return cute.tile_to_shape(atom, shape, order=order)
+
+
+@cute.jit
+def gemm(
+    tiled_mma: cute.TiledMma,
+    acc: cute.Tensor,
+    tCrA: cute.Tensor,
+    tCrB: cute.Tensor,
+    zero_init: cutlass.Constexpr[bool] = False,
+    wg_wait: cutlass.Constexpr[int] = 0,
+) -> None:
+    """``acc (+)= A @ B`` over the K mode, as one committed WGMMA group.
+
+    ``wg_wait >= 0`` waits until at most that many groups are in flight;
+    ``wg_wait < 0`` returns with the group in flight (caller waits)."""
+    warpgroup.fence()
+    mma_atom = cute.make_mma_atom(tiled_mma.op)
+    mma_atom.set(warpgroup.Field.ACCUMULATE, not zero_init)
+    for k in cutlass.range_constexpr(cute.size(tCrA.shape[2])):
+        cute.gemm(mma_atom, acc, tCrA[None, None, k], tCrB[None, None, k], acc)
+        mma_atom.set(warpgroup.Field.ACCUMULATE, True)
+    warpgroup.commit_group()
+    if const_expr(wg_wait >= 0):
+        warpgroup.wait_group(wg_wait)
+
+
+def acc_mn_view(acc: cute.Tensor) -> cute.Tensor:
+    """View an sm90 accumulator ``((2, 2, N/8), MMA_M, MMA_N)`` as ``(rows, cols)``:
+    rows ``(2, MMA_M)`` (row r and r+8), cols ``(2, N/8, MMA_N)``."""
+    l = cute.make_layout(acc.layout.shape)
+    shape = ((l.shape[0][1], l.shape[1]), (l.shape[0][0], l.shape[0][2], l.shape[2]))
+    stride = ((l.stride[0][1], l.stride[1]), (l.stride[0][0], l.stride[0][2], l.stride[2]))
+    return cute.make_tensor(acc.iterator, cute.composition(acc.layout, cute.make_layout(shape, stride=stride)))
+
+
+def acc_as_fp8_operand_a(acc: cute.Tensor, tile_n: int) -> cute.Tensor:
+    """View a 64 x tile_n fp32 accumulator fragment in the k32 8-bit A-operand order.
+
+    Note [P fragment for the FP8 PV WGMMA] (design/sm90.md "P fragment"): register
+    j of the A fragment holds accumulator elements {0,1,4,5} + 2j (mod the chunk):
+    row r, columns {2t, 2t+1, 2t+8, 2t+9} of each 16-column chunk, read by the MMA
+    as k = 4t..4t+3. V's token axis is permuted to match (quant_layout.V_TOKEN_PERM),
+    so no shuffles are needed."""
+    layout = cute.make_layout(
+        (((2, 2), 2, 2), 1, tile_n // 32), stride=(((1, 4), 2, 8), 0, 16)
+    )
+    return cute.make_tensor(acc.iterator, layout)

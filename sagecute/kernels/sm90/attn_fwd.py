@@ -1,0 +1,932 @@
+"""SageAttention-style forward attention for Hopper (sm_90a): INT8 QK, FP8 PV.
+
+Dataflow per CTA work tile (128 query rows of one (batch, head)):
+
+* producer warpgroup, warp 0: TMA Q (int8, once per tile), then for every KV block
+  K (int8 ``[tile_n, D]``) and V^T (e4m3 ``[D, tile_n]``, token axis permuted per 16)
+  through ``num_stages``-deep ``PipelineTmaAsync`` mbarrier pipelines.
+* two consumer warpgroups (64 rows each), KV blocks in ascending order:
+    S   = Q K^T            SS ``wgmma m64n128k32 s32.s8.s8`` (IGMMA)
+    t   = S * q_scale * k_scale * sm_scale * log2e   (one scale product per thread
+          and block, folded into the exp2 FFMA)
+    online softmax in the exp2 domain with the FP8 offset (numerics.md §5-§6)
+    P   = e4m3(exp2(t - m)) straight from the accumulator registers (RS operand)
+    O  += P V              RS ``wgmma m64nDk32 f32.e4m3.e4m3`` (QGMMA); "fp32+fp32":
+          fresh accumulator per KV block, then O = O * alpha + O_blk
+  epilogue: O / rowsum * v_scale[channel] -> bf16/fp16 predicated register stores;
+  optional LSE.
+
+Warp roles: WG0 = producer (``setmaxnreg 24``), WG1/WG2 = consumers (``240``).
+Overlap: QK(n) and PV(n-1) in flight together, softmax(n) under PV(n-1) (intra-warpgroup);
+the two consumer warpgroups alternate GEMM issue through named barriers (ping-pong).
+Persistent: grid = min(#tiles, #SMs), static stride scheduler, LPT order for causal.
+
+Limits: head_dim 64 or 128; Lq, Lk >= 1 arbitrary; V padded to a multiple of tile_n
+(``quant_layout.padded_kv_len``); causal is top-left (key j visible to query i iff
+j <= i). Scale layouts: ``quant_layout.SM90_GEOMETRY`` (per_thread, per_warp, per_block).
+
+Hardware status (H200, tests/test_sm90_gpu.py vs ``reference.sageattn_reference``):
+the ``baseline`` configuration (no ping-pong, unfused scale, chained reductions) passed
+the whole suite; the default configuration passed every per_warp case. Its per_thread
+cases failed once because the row max was quad-reduced before the per-thread K scale
+was applied; that is fixed (``softmax_step``) but the fix has not been re-run on a GPU.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass
+from typing import NamedTuple, Optional, Type
+
+import cuda.bindings.driver as cuda
+
+import cutlass
+import cutlass.cute as cute
+import cutlass.utils.hopper_helpers as sm90_utils_basic
+from cutlass import Float32, Int32, const_expr
+from cutlass import pipeline
+from cutlass.cute.nvgpu import cpasync, warpgroup
+
+from sagecute.kernels.common import softmax as softmax_utils
+from sagecute.kernels.common import wgmma
+from sagecute.kernels.common.tile_scheduler import StaticTileScheduler
+from sagecute.quant_layout import (
+    P_FP8_OFFSET_LOG2,
+    SM90_GEOMETRY,
+    PvAccum,
+    QuantGranularity,
+)
+
+
+# 1.5 * 2^23: fp32 with bits 0x4B400000; x = S + MAGIC_I2F_BIAS is exact for |S| < 2^22
+MAGIC_I2F_BIAS = 12582912.0
+
+
+class WarpRole(enum.IntEnum):
+    PRODUCER_WG = 0  # warpgroup 0; its warp 0 issues TMA
+    CONSUMER_WG0 = 1
+    CONSUMER_WG1 = 2
+
+
+class NamedBarrier(enum.IntEnum):
+    # 0 is __syncthreads
+    WARP_SCHEDULER_WG1 = 1
+    WARP_SCHEDULER_WG2 = 2
+
+
+@dataclass(frozen=True)
+class AttnFwdConfigSm90:
+    """Static tiling of :class:`SageAttnFwdSm90` (part of the compile key)."""
+
+    tile_m: int = 128
+    tile_n: int = 128
+    num_stages: int = 2
+    intra_wg_overlap: bool = True  # issue QK(n+1) before PV(n); softmax(n+1) under PV(n)
+    producer_regs: int = 24
+    consumer_regs: int = 240
+    persistent: bool = True  # grid = min(#tiles, #SMs); False: one CTA per tile
+    # overlap path only: named barriers alternate the two consumer warpgroups' GEMM
+    # issue (FA3 ping-pong), so one warpgroup's softmax runs under the other's GEMMs
+    wg_pingpong: bool = True
+    # t = S * scale folded into the exp2 FFMA (each thread's row max is taken on its
+    # unscaled S, then scaled before the quad reduction)
+    fused_scale_exp: bool = True
+    # int32 S -> fp32 by an integer add of a magic bias instead of I2FP; needs
+    # fused_scale_exp. Off by default: measured slower on H200 (797 -> 765 TOPS, d128 8k)
+    magic_i2f: bool = False
+    # row max / row sum as 8 independent chains + a tree instead of one 32-deep chain
+    tree_reduce: bool = True
+    # overlap path: release sQ right after the tile's last QK GEMM, so the next tile's
+    # Q load runs under the last PV and the epilogue
+    early_q_release: bool = True
+    # 32-bit O stores (column pairs); needs o's row/head/batch strides even
+    vec_o_store: bool = True
+    use_setmaxnreg: bool = True
+
+    def __post_init__(self) -> None:
+        if self.tile_m != 128:
+            raise ValueError("tile_m must be 128 (two consumer warpgroups of 64 rows)")
+        if self.tile_n != SM90_GEOMETRY.blk_k:
+            raise ValueError(f"tile_n must equal the K scale block {SM90_GEOMETRY.blk_k}")
+        if self.num_stages < 1 or self.num_stages > 4:
+            raise ValueError("num_stages must be in 1..4")
+        if self.magic_i2f and not self.fused_scale_exp:
+            raise ValueError("magic_i2f needs fused_scale_exp")
+
+    @staticmethod
+    def default(head_dim: int) -> "AttnFwdConfigSm90":
+        return AttnFwdConfigSm90()
+
+    @staticmethod
+    def all_configs() -> list["AttnFwdConfigSm90"]:
+        """The default and the simplest (no overlap, no ping-pong) configurations."""
+        return [AttnFwdConfigSm90(), AttnFwdConfigSm90(intra_wg_overlap=False)]
+
+
+class BlockCtx(NamedTuple):
+    """Per-tile state the KV-block steps of a consumer warpgroup share."""
+
+    tSrQ: cute.Tensor
+    tSrK: cute.Tensor
+    tOrP: cute.Tensor
+    tOrVt: cute.Tensor
+    acc_O: cute.Tensor
+    acc_O_tmp: Optional[cute.Tensor]
+    acc_S: cute.Tensor
+    acc_S_f: cute.Tensor
+    row_max: cute.Tensor
+    row_sum: cute.Tensor
+    row_scale: cute.Tensor
+    row_scale_prev: cute.Tensor
+    tScS_mn: cute.Tensor
+    mKScale: cute.Tensor
+    batch: Int32
+    head_kv: Int32
+    qk_scale_log2: Float32
+    col_in_block: Int32
+    row_in_tile: Int32
+    wg_idx: Int32
+    m_block: Int32
+    seqlen_k: Int32
+
+
+class SageAttnFwdSm90:
+    """INT8-QK / FP8-PV attention forward, sm_90a. See the module docstring."""
+
+    num_threads_per_wg = 128
+
+    def __init__(
+        self,
+        out_dtype: Type[cutlass.Numeric],
+        head_dim: int,
+        is_causal: bool,
+        granularity: QuantGranularity,
+        pv_accum: PvAccum,
+        has_lse: bool,
+        config: AttnFwdConfigSm90,
+    ):
+        ok, why = self.can_implement(out_dtype, head_dim, granularity, pv_accum)
+        if not ok:
+            raise ValueError(why)
+        self.out_dtype = out_dtype
+        self.head_dim = head_dim
+        self.is_causal = is_causal
+        self.granularity = granularity
+        self.pv_accum = pv_accum
+        self.has_lse = has_lse
+        self.config = config
+        self.tile_m = config.tile_m
+        self.tile_n = config.tile_n
+        self.num_stages = config.num_stages
+        self.intra_wg_overlap = config.intra_wg_overlap
+        self.num_consumer_wg = self.tile_m // 64
+        self.num_threads = self.num_threads_per_wg * (1 + self.num_consumer_wg)
+
+    @staticmethod
+    def can_implement(out_dtype, head_dim: int, granularity: QuantGranularity, pv_accum: PvAccum):
+        if head_dim not in (64, 128):
+            return False, f"head_dim must be 64 or 128, got {head_dim}"
+        if out_dtype not in (cutlass.BFloat16, cutlass.Float16):
+            return False, f"output dtype must be bf16 or fp16, got {out_dtype}"
+        if pv_accum not in (PvAccum.FP32, PvAccum.FP32_FP32):
+            return False, f"pv_accum {pv_accum} is not implemented on sm90 (fp32, fp32+fp32)"
+        if not isinstance(granularity, QuantGranularity):
+            return False, f"bad granularity {granularity!r}"
+        return True, ""
+
+    def smem_bytes(self) -> int:
+        """Dynamic shared memory: mbarriers (padded to 1 KiB), Q, K and V^T stages."""
+        d = self.head_dim
+        return 1024 + self.tile_m * d + self.num_stages * (self.tile_n * d + d * self.tile_n)
+
+    # ------------------------------------------------------------------ host
+    @cute.jit
+    def __call__(
+        self,
+        mQ: cute.Tensor,  # int8 [B, Hq, Lq, D]
+        mQScale: cute.Tensor,  # fp32 [B, Hq, nq]
+        mK: cute.Tensor,  # int8 [B, Hkv, Lk, D]
+        mKScale: cute.Tensor,  # fp32 [B, Hkv, nk]
+        mV: cute.Tensor,  # e4m3 [B, Hkv, D, Lpad] (or its uint8 view)
+        mVScale: cute.Tensor,  # fp32 [B, Hkv, D]
+        mO: cute.Tensor,  # bf16/fp16 [B, Hq, Lq, D], any strides, last stride 1
+        mLSE: Optional[cute.Tensor],  # fp32 [B, Hq, Lq] or None
+        softmax_scale_log2: Float32,  # sm_scale * log2(e)
+        max_ctas: Int32,  # persistent grid cap (#SMs)
+        stream: cuda.CUstream,
+    ):
+        D = self.head_dim
+        if const_expr(mV.element_type == cutlass.Uint8):
+            # TVM-FFI entry: V crosses as the uint8 view of the e4m3 payload
+            mV = cute.make_tensor(cute.recast_ptr(mV.iterator, dtype=cutlass.Float8E4M3FN), mV.layout)
+        # (L, D, H, B) views: TMA and tiling walk (seq, dim) inside one (head, batch).
+        mQ = cute.make_tensor(mQ.iterator, cute.select(mQ.layout, mode=[2, 3, 1, 0]))
+        mK = cute.make_tensor(mK.iterator, cute.select(mK.layout, mode=[2, 3, 1, 0]))
+        mO = cute.make_tensor(mO.iterator, cute.select(mO.layout, mode=[2, 3, 1, 0]))
+        # V^T as (D, Lpad, Hkv, B): the PV B operand (N = D, K = tokens), K-major.
+        mVt = cute.make_tensor(mV.iterator, cute.select(mV.layout, mode=[2, 3, 1, 0]))
+
+        tiled_mma_qk = sm90_utils_basic.make_trivial_tiled_mma(
+            cutlass.Int8,
+            cutlass.Int8,
+            cute.nvgpu.OperandMajorMode.K,
+            cute.nvgpu.OperandMajorMode.K,
+            Int32,
+            atom_layout_mnk=(self.num_consumer_wg, 1, 1),
+            tiler_mn=(64, self.tile_n),
+        )
+        tiled_mma_pv = sm90_utils_basic.make_trivial_tiled_mma(
+            cutlass.Float8E4M3FN,
+            cutlass.Float8E4M3FN,
+            cute.nvgpu.OperandMajorMode.K,
+            cute.nvgpu.OperandMajorMode.K,
+            Float32,
+            atom_layout_mnk=(self.num_consumer_wg, 1, 1),
+            tiler_mn=(64, D),
+            a_source=warpgroup.OperandSource.RMEM,
+        )
+
+        sQ_layout = wgmma.make_smem_layout_k_major(cutlass.Int8, self.tile_m, D)
+        sK_layout = wgmma.make_smem_layout_k_major(cutlass.Int8, self.tile_n, D, self.num_stages)
+        sVt_layout = wgmma.make_smem_layout_k_major(
+            cutlass.Float8E4M3FN, D, self.tile_n, self.num_stages
+        )
+        sK_tile = cute.select(sK_layout, mode=[0, 1])
+        sVt_tile = cute.select(sVt_layout, mode=[0, 1])
+
+        tma_op = cpasync.CopyBulkTensorTileG2SOp()
+        tma_atom_Q, tma_Q = cpasync.make_tiled_tma_atom(tma_op, mQ, sQ_layout, (self.tile_m, D))
+        tma_atom_K, tma_K = cpasync.make_tiled_tma_atom(tma_op, mK, sK_tile, (self.tile_n, D))
+        tma_atom_V, tma_Vt = cpasync.make_tiled_tma_atom(tma_op, mVt, sVt_tile, (D, self.tile_n))
+        self.tma_bytes_Q = self.tile_m * D
+        self.tma_bytes_K = self.tile_n * D
+        self.tma_bytes_V = D * self.tile_n
+
+        @cute.struct
+        class SharedStorage:
+            mbar_Q: cute.struct.MemRange[cutlass.Int64, 2]
+            mbar_K: cute.struct.MemRange[cutlass.Int64, self.num_stages * 2]
+            mbar_V: cute.struct.MemRange[cutlass.Int64, self.num_stages * 2]
+            sQ: cute.struct.Align[cute.struct.MemRange[cutlass.Int8, cute.cosize(sQ_layout)], 1024]
+            sK: cute.struct.Align[cute.struct.MemRange[cutlass.Int8, cute.cosize(sK_layout)], 1024]
+            sVt: cute.struct.Align[
+                cute.struct.MemRange[cutlass.Float8E4M3FN, cute.cosize(sVt_layout)], 1024
+            ]
+
+        num_m_blocks = cute.ceil_div(cute.size(mQ.shape[0]), self.tile_m)
+        num_heads = cute.size(mQ.shape[2])
+        num_batch = cute.size(mQ.shape[3])
+        num_tiles = num_m_blocks * num_heads * num_batch
+        grid_x = cutlass.min(num_tiles, max_ctas)
+
+        self.kernel(
+            tma_Q,
+            tma_K,
+            tma_Vt,
+            mQScale,
+            mKScale,
+            mVScale,
+            mO,
+            mLSE,
+            tma_atom_Q,
+            tma_atom_K,
+            tma_atom_V,
+            tiled_mma_qk,
+            tiled_mma_pv,
+            sQ_layout,
+            sK_layout,
+            sVt_layout,
+            softmax_scale_log2,
+            num_m_blocks,
+            SharedStorage,
+        ).launch(
+            grid=[grid_x, 1, 1],
+            block=[self.num_threads, 1, 1],
+            stream=stream,
+            min_blocks_per_mp=1,
+        )
+
+    # ---------------------------------------------------------------- device
+    @cute.kernel
+    def kernel(
+        self,
+        mQ: cute.Tensor,  # TMA tensor (Lq, D, Hq, B)
+        mK: cute.Tensor,  # TMA tensor (Lk, D, Hkv, B)
+        mVt: cute.Tensor,  # TMA tensor (D, Lpad, Hkv, B)
+        mQScale: cute.Tensor,
+        mKScale: cute.Tensor,
+        mVScale: cute.Tensor,
+        mO: cute.Tensor,  # (Lq, D, Hq, B)
+        mLSE: Optional[cute.Tensor],
+        tma_atom_Q: cute.CopyAtom,
+        tma_atom_K: cute.CopyAtom,
+        tma_atom_V: cute.CopyAtom,
+        tiled_mma_qk: cute.TiledMma,
+        tiled_mma_pv: cute.TiledMma,
+        sQ_layout: cute.ComposedLayout,
+        sK_layout: cute.ComposedLayout,
+        sVt_layout: cute.ComposedLayout,
+        softmax_scale_log2: Float32,
+        num_m_blocks: Int32,
+        SharedStorage: cutlass.Constexpr,
+    ):
+        warp_idx = cute.arch.make_warp_uniform(cute.arch.warp_idx())
+        if warp_idx == 0:
+            cpasync.prefetch_descriptor(tma_atom_Q)
+            cpasync.prefetch_descriptor(tma_atom_K)
+            cpasync.prefetch_descriptor(tma_atom_V)
+
+        smem = cutlass.memory.SmemAllocator()
+        storage = smem.allocate(SharedStorage)
+
+        tma_warp = pipeline.CooperativeGroup(pipeline.Agent.Thread, 1)
+        # PipelineTmaAsync consumers release with one elected lane per warp.
+        consumer_warps = pipeline.CooperativeGroup(pipeline.Agent.Thread, self.num_consumer_wg * 4)
+        pipeline_q = pipeline.PipelineTmaAsync.create(
+            barrier_storage=storage.mbar_Q.data_ptr(),
+            num_stages=1,
+            producer_group=tma_warp,
+            consumer_group=consumer_warps,
+            tx_count=self.tma_bytes_Q,
+            defer_sync=True,
+        )
+        pipeline_k = pipeline.PipelineTmaAsync.create(
+            barrier_storage=storage.mbar_K.data_ptr(),
+            num_stages=self.num_stages,
+            producer_group=tma_warp,
+            consumer_group=consumer_warps,
+            tx_count=self.tma_bytes_K,
+            defer_sync=True,
+        )
+        pipeline_v = pipeline.PipelineTmaAsync.create(
+            barrier_storage=storage.mbar_V.data_ptr(),
+            num_stages=self.num_stages,
+            producer_group=tma_warp,
+            consumer_group=consumer_warps,
+            tx_count=self.tma_bytes_V,
+            defer_sync=True,
+        )
+        cute.arch.mbarrier_init_fence()
+        cute.arch.sync_threads()
+
+        sQ = storage.sQ.get_tensor(sQ_layout.outer, swizzle=sQ_layout.inner)
+        sK = storage.sK.get_tensor(sK_layout.outer, swizzle=sK_layout.inner)
+        sVt = storage.sVt.get_tensor(sVt_layout.outer, swizzle=sVt_layout.inner)
+
+        sched = StaticTileScheduler(
+            num_m_blocks, cute.size(mQ.shape[2]), cute.size(mQ.shape[3]), lpt=self.is_causal
+        )
+        seqlen_q = cute.size(mQ.shape[0])
+        seqlen_k = cute.size(mK.shape[0])
+        qhead_per_kvhead = cute.size(mQ.shape[2]) // cute.size(mK.shape[2])
+
+        if warp_idx // 4 == int(WarpRole.PRODUCER_WG):
+            if const_expr(self.config.use_setmaxnreg):
+                cute.arch.setmaxregister_decrease(self.config.producer_regs)
+            if warp_idx == 0:
+                self.load(
+                    mQ, mK, mVt, sQ, sK, sVt, tma_atom_Q, tma_atom_K, tma_atom_V,
+                    pipeline_q, pipeline_k, pipeline_v, sched, seqlen_k, qhead_per_kvhead,
+                )
+        else:
+            if const_expr(self.config.use_setmaxnreg):
+                cute.arch.setmaxregister_increase(self.config.consumer_regs)
+            tidx = cute.arch.thread_idx()[0] - self.num_threads_per_wg
+            self.consumer(
+                tidx, sQ, sK, sVt, mQScale, mKScale, mVScale, mO, mLSE,
+                tiled_mma_qk, tiled_mma_pv, pipeline_q, pipeline_k, pipeline_v,
+                sched, seqlen_q, seqlen_k, qhead_per_kvhead, softmax_scale_log2,
+            )
+
+    # ============================================================ producer
+    @cute.jit
+    def n_block_max(self, m_block: Int32, seqlen_k: Int32) -> Int32:
+        """Number of KV blocks a query tile visits (causal: top-left diagonal)."""
+        n_max = cute.ceil_div(seqlen_k, self.tile_n)
+        if const_expr(self.is_causal):
+            # last key visible to the tile's last row: (m_block + 1) * tile_m - 1
+            n_max = cutlass.min(n_max, cute.ceil_div((m_block + 1) * self.tile_m, self.tile_n))
+        return n_max
+
+    @cute.jit
+    def load(
+        self,
+        mQ: cute.Tensor,
+        mK: cute.Tensor,
+        mVt: cute.Tensor,
+        sQ: cute.Tensor,
+        sK: cute.Tensor,
+        sVt: cute.Tensor,
+        tma_atom_Q: cute.CopyAtom,
+        tma_atom_K: cute.CopyAtom,
+        tma_atom_V: cute.CopyAtom,
+        pipeline_q: pipeline.PipelineAsync,
+        pipeline_k: pipeline.PipelineAsync,
+        pipeline_v: pipeline.PipelineAsync,
+        sched: StaticTileScheduler,
+        seqlen_k: Int32,
+        qhead_per_kvhead: Int32,
+    ):
+        D = self.head_dim
+        q_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, 1)
+        kv_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.num_stages)
+        cta_layout = cute.make_layout(1)
+        tile = sched.first_tile()
+        while tile < sched.num_tiles():
+            m_block, head, batch = sched.decode(tile)
+            head_kv = head // qhead_per_kvhead
+            # (tile_m, D)
+            gQ = cute.local_tile(mQ[None, None, head, batch], (self.tile_m, D), (m_block, 0))
+            # (tile_n, D, n_blocks)
+            gK = cute.local_tile(mK[None, None, head_kv, batch], (self.tile_n, D), (None, 0))
+            # (D, tile_n, n_blocks)
+            gVt = cute.local_tile(mVt[None, None, head_kv, batch], (D, self.tile_n), (0, None))
+            tQsQ, tQgQ = cpasync.tma_partition(
+                tma_atom_Q, 0, cta_layout, cute.group_modes(sQ, 0, 2), cute.group_modes(gQ, 0, 2)
+            )
+            tKsK, tKgK = cpasync.tma_partition(
+                tma_atom_K, 0, cta_layout, cute.group_modes(sK, 0, 2), cute.group_modes(gK, 0, 2)
+            )
+            tVsV, tVgV = cpasync.tma_partition(
+                tma_atom_V, 0, cta_layout, cute.group_modes(sVt, 0, 2), cute.group_modes(gVt, 0, 2)
+            )
+            n_block_max = self.n_block_max(m_block, seqlen_k)
+
+            pipeline_k.producer_acquire(kv_state)
+            cute.copy(tma_atom_K, tKgK[None, 0], tKsK[None, kv_state.index],
+                      tma_bar_ptr=pipeline_k.producer_get_barrier(kv_state))
+            pipeline_q.producer_acquire(q_state)
+            cute.copy(tma_atom_Q, tQgQ, tQsQ, tma_bar_ptr=pipeline_q.producer_get_barrier(q_state))
+            q_state.advance()
+            pipeline_v.producer_acquire(kv_state)
+            cute.copy(tma_atom_V, tVgV[None, 0], tVsV[None, kv_state.index],
+                      tma_bar_ptr=pipeline_v.producer_get_barrier(kv_state))
+            kv_state.advance()
+            for n in cutlass.range(1, n_block_max, unroll=1):
+                pipeline_k.producer_acquire(kv_state)
+                cute.copy(tma_atom_K, tKgK[None, n], tKsK[None, kv_state.index],
+                          tma_bar_ptr=pipeline_k.producer_get_barrier(kv_state))
+                pipeline_v.producer_acquire(kv_state)
+                cute.copy(tma_atom_V, tVgV[None, n], tVsV[None, kv_state.index],
+                          tma_bar_ptr=pipeline_v.producer_get_barrier(kv_state))
+                kv_state.advance()
+            tile += sched.grid_stride()
+        # Wait for the last releases before exiting. producer_tail advances the state
+        # it is given: one tail only (K is always released before V of a stage).
+        pipeline_v.producer_tail(kv_state)
+
+    # ============================================================ consumer
+    @cute.jit
+    def consumer(
+        self,
+        tidx: Int32,
+        sQ: cute.Tensor,
+        sK: cute.Tensor,
+        sVt: cute.Tensor,
+        mQScale: cute.Tensor,
+        mKScale: cute.Tensor,
+        mVScale: cute.Tensor,
+        mO: cute.Tensor,
+        mLSE: Optional[cute.Tensor],
+        tiled_mma_qk: cute.TiledMma,
+        tiled_mma_pv: cute.TiledMma,
+        pipeline_q: pipeline.PipelineAsync,
+        pipeline_k: pipeline.PipelineAsync,
+        pipeline_v: pipeline.PipelineAsync,
+        sched: StaticTileScheduler,
+        seqlen_q: Int32,
+        seqlen_k: Int32,
+        qhead_per_kvhead: Int32,
+        softmax_scale_log2: Float32,
+    ):
+        D = self.head_dim
+        wg_idx = cute.arch.make_warp_uniform(tidx // self.num_threads_per_wg)
+        warp_in_wg = cute.arch.make_warp_uniform((tidx // 32) % 4)
+        lane = tidx % 32
+        # WGMMA operand descriptors are per warpgroup: partition A/B with the WG's slice.
+        wg_mma_qk = tiled_mma_qk.get_slice(wg_idx * self.num_threads_per_wg)
+        wg_mma_pv = tiled_mma_pv.get_slice(wg_idx * self.num_threads_per_wg)
+        thr_mma_qk = tiled_mma_qk.get_slice(tidx)
+        thr_mma_pv = tiled_mma_pv.get_slice(tidx)
+        tSrQ = wg_mma_qk.make_fragment_A(wg_mma_qk.partition_A(sQ))
+        tSrK = wg_mma_qk.make_fragment_B(wg_mma_qk.partition_B(sK))  # (.., .., k, stage)
+        tOrVt = wg_mma_pv.make_fragment_B(wg_mma_pv.partition_B(sVt))  # (.., .., k, stage)
+        tOrP = wg_mma_pv.make_fragment_A(wg_mma_pv.partition_shape_A((self.tile_m, self.tile_n)))
+        acc_shape_S = thr_mma_qk.partition_shape_C((self.tile_m, self.tile_n))
+        acc_shape_O = thr_mma_pv.partition_shape_C((self.tile_m, D))
+        acc_O = cute.make_rmem_tensor(acc_shape_O, Float32)
+        acc_O_mn = wgmma.acc_mn_view(acc_O)
+        # coordinates of this thread's accumulator elements inside the tile
+        # Static coordinates of thread 0's accumulator elements; thread t adds
+        # (row_in_tile, col_in_block) below. Keeps index math out of registers.
+        tScS_mn = wgmma.acc_mn_view(
+            tiled_mma_qk.get_slice(0).partition_C(cute.make_identity_tensor((self.tile_m, self.tile_n)))
+        )
+        tOcO_mn = wgmma.acc_mn_view(
+            tiled_mma_pv.get_slice(0).partition_C(cute.make_identity_tensor((self.tile_m, D)))
+        )
+        num_rows = cute.size(acc_O_mn, mode=[0])  # 2: rows r and r + 8
+        row_max = cute.make_rmem_tensor((num_rows,), Float32)
+        row_sum = cute.make_rmem_tensor((num_rows,), Float32)
+        row_scale = cute.make_rmem_tensor((num_rows,), Float32)
+        row_scale_prev = cute.make_rmem_tensor((num_rows,), Float32)
+        acc_S = cute.make_rmem_tensor(acc_shape_S, Int32)
+        acc_S_f = cute.make_rmem_tensor(acc_shape_S, Float32)
+        acc_O_tmp = None
+        if const_expr(self.pv_accum == PvAccum.FP32_FP32):
+            acc_O_tmp = cute.make_rmem_tensor(acc_shape_O, Float32)
+
+        q_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, 1)
+        kv_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.num_stages)
+
+        # first row this thread owns inside the tile (its other row is +8)
+        row_in_tile = wg_idx * 64 + warp_in_wg * 16 + lane // 4
+        # first key column this thread owns inside a KV block
+        col_in_block = 2 * (lane % 4)
+
+        self.pingpong_init(wg_idx)
+        tile = sched.first_tile()
+        while tile < sched.num_tiles():
+            m_block, head, batch = sched.decode(tile)
+            head_kv = head // qhead_per_kvhead
+            n_block_max = self.n_block_max(m_block, seqlen_k)
+            row0 = m_block * self.tile_m + row_in_tile
+            q_scale = Float32(mQScale[batch, head, self.q_scale_index(row0)])
+            qk_scale_log2 = q_scale * softmax_scale_log2
+            row_max.fill(-Float32.inf)
+            row_sum.fill(0.0)
+            acc_O.fill(0.0)
+
+            ctx = BlockCtx(
+                tSrQ=tSrQ, tSrK=tSrK, tOrP=tOrP, tOrVt=tOrVt, acc_O=acc_O, acc_O_tmp=acc_O_tmp,
+                acc_S=acc_S, acc_S_f=acc_S_f, row_max=row_max, row_sum=row_sum,
+                row_scale=row_scale, row_scale_prev=row_scale_prev,
+                tScS_mn=tScS_mn, mKScale=mKScale, batch=batch, head_kv=head_kv,
+                qk_scale_log2=qk_scale_log2, col_in_block=col_in_block, row_in_tile=row_in_tile,
+                wg_idx=wg_idx,
+                m_block=m_block, seqlen_k=seqlen_k,
+            )
+            pipeline_q.consumer_wait(q_state)
+            if const_expr(self.intra_wg_overlap):
+                kv_state = self.mainloop_overlap(
+                    ctx, kv_state, n_block_max, tiled_mma_qk, tiled_mma_pv, pipeline_k, pipeline_v,
+                    pipeline_q, q_state,
+                )
+            else:
+                for n in cutlass.range(n_block_max - 1, unroll=1):
+                    kv_state = self.mma_one_block(
+                        ctx, kv_state, n, tiled_mma_qk, tiled_mma_pv, pipeline_k, pipeline_v, is_last=False
+                    )
+                kv_state = self.mma_one_block(
+                    ctx, kv_state, n_block_max - 1, tiled_mma_qk, tiled_mma_pv, pipeline_k, pipeline_v,
+                    is_last=True,
+                )
+            if const_expr(not (self.intra_wg_overlap and self.config.early_q_release)):
+                pipeline_q.consumer_release(q_state)
+            q_state.advance()
+
+            self.epilogue(
+                acc_O_mn, tOcO_mn, row_max, row_sum, mVScale, mO, mLSE,
+                m_block, head, head_kv, batch, seqlen_q, lane, row_in_tile, col_in_block,
+            )
+            tile += sched.grid_stride()
+
+    @cute.jit
+    def q_scale_index(self, row: Int32) -> Int32:
+        g = SM90_GEOMETRY
+        idx = row // g.blk_q
+        if const_expr(self.granularity == QuantGranularity.PER_WARP):
+            idx = row // g.warp_q
+        if const_expr(self.granularity == QuantGranularity.PER_THREAD):
+            idx = (row // g.warp_q) * 8 + row % 8
+        return idx
+
+    @cute.jit
+    def k_scale_index(self, token: Int32) -> Int32:
+        g = SM90_GEOMETRY
+        idx = token // g.blk_k
+        if const_expr(self.granularity == QuantGranularity.PER_WARP):
+            idx = token // g.warp_k
+        if const_expr(self.granularity == QuantGranularity.PER_THREAD):
+            idx = (token // g.warp_k) * 4 + (token % 8) // 2
+        return idx
+
+    # ------------------------------------------------------------------ one KV block
+    @cute.jit
+    def load_qk_scale(self, ctx: "BlockCtx", n_block: Int32) -> Float32:
+        """q_scale * k_scale * sm_scale * log2e for this thread's rows/columns of block n."""
+        token = n_block * self.tile_n + ctx.col_in_block
+        k_scale = Float32(ctx.mKScale[ctx.batch, ctx.head_kv, self.k_scale_index(token)])
+        return ctx.qk_scale_log2 * k_scale
+
+    @cute.jit
+    def softmax_step(self, ctx: "BlockCtx", scale: Float32, n_block: Int32, mask: cutlass.Constexpr[bool]):
+        """acc_S (int32) -> P (fp32, in acc_S_f); updates row_max/row_sum; row_scale = alpha.
+
+        Note [FP8 offset] (numerics.md §5): the running max is kept 8.807 = log2(448)
+        below the true max, so a row's largest P is 448, the e4m3 maximum. The row sum
+        adds the unrounded fp32 P; the offset cancels in O / rowsum."""
+        if const_expr(self.config.magic_i2f):
+            # Note [int32 -> fp32 without I2FP]: |S| <= 127^2 * D < 2^22, so the bits of
+            # S + 0x4B400000 read as fp32 are exactly x = S + 1.5 * 2^23 (one IADD on the
+            # ALU pipe instead of an I2FP on the pipe MUFU.EX2 also uses). The row max is
+            # taken on x; the bias is folded into the per-row exp2 offset below.
+            ctx.acc_S.store(ctx.acc_S.load() + Int32(0x4B400000))
+            ctx.acc_S_f.store(cute.recast_tensor(ctx.acc_S, Float32).load())
+        elif const_expr(self.config.fused_scale_exp):
+            # scale > 0 and uniform within a thread, so a thread's max(S * scale) is
+            # max(S) * scale: one FFMA per score below
+            ctx.acc_S_f.store(ctx.acc_S.load().to(Float32))
+        else:
+            ctx.acc_S_f.store(ctx.acc_S.load().to(Float32) * scale)
+        s_mn = wgmma.acc_mn_view(ctx.acc_S_f)
+        if const_expr(mask):
+            self.apply_mask(s_mn, ctx, n_block)
+        for r in cutlass.range_constexpr(cute.size(ctx.row_max)):
+            row = s_mn[r, None].load()
+            if const_expr(self.config.tree_reduce):
+                m_thr = softmax_utils.row_reduce(s_mn[r, None], is_max=True)
+            else:
+                m_thr = row.reduce(cute.ReductionOp.MAX, -Float32.inf, 0)
+            # This thread's max of t. Scale before the quad reduction: with per-thread K
+            # scales the 4 threads of a row scale their columns differently.
+            if const_expr(self.config.magic_i2f):
+                m_thr = (m_thr - Float32(MAGIC_I2F_BIAS)) * scale
+            elif const_expr(self.config.fused_scale_exp):
+                m_thr = m_thr * scale
+            m_cur = cute.arch.warp_reduction_max(m_thr, threads_in_group=4)
+            m_old = ctx.row_max[r]
+            m_new = cute.arch.fmax(m_old, m_cur - Float32(P_FP8_OFFSET_LOG2))
+            if const_expr(self.config.magic_i2f):
+                # exp2(S * scale - m) = exp2(x * scale - (bias * scale + m)), one FFMA; the
+                # product is exact inside the FFMA, only the row offset is rounded (~1e-4
+                # in log2 units, far below the e4m3 step of P)
+                row_offset = Float32(MAGIC_I2F_BIAS) * scale + m_new
+                p = cute.math.exp2(row * scale - row_offset, fastmath=True)
+            elif const_expr(self.config.fused_scale_exp):
+                p = cute.math.exp2(row * scale - m_new, fastmath=True)
+            else:
+                p = cute.math.exp2(row - m_new, fastmath=True)
+            alpha = cute.math.exp2(m_old - m_new, fastmath=True)
+            # per-thread partial row sum; the quad reduction happens once, in the epilogue
+            s_mn[r, None].store(p)
+            if const_expr(self.config.tree_reduce):
+                p_sum = softmax_utils.row_reduce(s_mn[r, None], is_max=False)
+            else:
+                p_sum = p.reduce(cute.ReductionOp.ADD, Float32(0.0), 0)
+            ctx.row_sum[r] = ctx.row_sum[r] * alpha + p_sum
+            ctx.row_max[r] = m_new
+            ctx.row_scale[r] = alpha
+
+    @cute.jit
+    def convert_p(self, ctx: "BlockCtx"):
+        """fp32 P -> e4m3 A operand of the PV WGMMA (Note [P fragment ...] in common/wgmma.py)."""
+        ctx.tOrP.store(wgmma.acc_as_fp8_operand_a(ctx.acc_S_f, self.tile_n).load().to(cutlass.Float8E4M3FN))
+
+    @cute.jit
+    def rescale_o(self, acc_O: cute.Tensor, row_scale: cute.Tensor):
+        acc_O_mn = wgmma.acc_mn_view(acc_O)
+        for r in cutlass.range_constexpr(cute.size(row_scale)):
+            acc_O_mn[r, None].store(acc_O_mn[r, None].load() * row_scale[r])
+
+    @cute.jit
+    def promote_o(self, acc_O: cute.Tensor, acc_O_tmp: cute.Tensor, row_scale: cute.Tensor):
+        """fp32+fp32 (numerics.md §5): O = O * alpha + (this block's fresh FP8 chain)."""
+        acc_O_mn = wgmma.acc_mn_view(acc_O)
+        tmp_mn = wgmma.acc_mn_view(acc_O_tmp)
+        for r in cutlass.range_constexpr(cute.size(row_scale)):
+            acc_O_mn[r, None].store(acc_O_mn[r, None].load() * row_scale[r] + tmp_mn[r, None].load())
+
+    @cute.jit
+    def issue_pv(self, ctx: "BlockCtx", tiled_mma_pv: cute.TiledMma, stage: Int32, wg_wait: cutlass.Constexpr[int]):
+        if const_expr(self.pv_accum == PvAccum.FP32):
+            wgmma.gemm(tiled_mma_pv, ctx.acc_O, ctx.tOrP, ctx.tOrVt[None, None, None, stage],
+                       zero_init=False, wg_wait=wg_wait)
+        else:
+            wgmma.gemm(tiled_mma_pv, ctx.acc_O_tmp, ctx.tOrP, ctx.tOrVt[None, None, None, stage],
+                       zero_init=True, wg_wait=wg_wait)
+
+    @cute.jit
+    def finish_pv(self, ctx: "BlockCtx", row_scale: cute.Tensor):
+        """After the PV WGMMA of a block retired: fold it into O (fp32+fp32)."""
+        if const_expr(self.pv_accum == PvAccum.FP32_FP32):
+            self.promote_o(ctx.acc_O, ctx.acc_O_tmp, row_scale)
+
+    @cute.jit
+    def mma_one_block(
+        self,
+        ctx: "BlockCtx",
+        kv_state: pipeline.PipelineState,
+        n_block: Int32,
+        tiled_mma_qk: cute.TiledMma,
+        tiled_mma_pv: cute.TiledMma,
+        pipeline_k: pipeline.PipelineAsync,
+        pipeline_v: pipeline.PipelineAsync,
+        is_last: cutlass.Constexpr[bool],
+    ) -> pipeline.PipelineState:
+        """One KV block, no overlap: QK, softmax, PV in sequence."""
+        scale = self.load_qk_scale(ctx, n_block)
+        pipeline_k.consumer_wait(kv_state)
+        wgmma.gemm(tiled_mma_qk, ctx.acc_S, ctx.tSrQ, ctx.tSrK[None, None, None, kv_state.index],
+                   zero_init=True, wg_wait=0)
+        pipeline_k.consumer_release(kv_state)
+        self.softmax_step(ctx, scale, n_block, mask=is_last)
+        self.convert_p(ctx)
+        if const_expr(self.pv_accum == PvAccum.FP32):
+            self.rescale_o(ctx.acc_O, ctx.row_scale)
+        pipeline_v.consumer_wait(kv_state)
+        self.issue_pv(ctx, tiled_mma_pv, kv_state.index, wg_wait=0)
+        pipeline_v.consumer_release(kv_state)
+        self.finish_pv(ctx, ctx.row_scale)
+        kv_state.advance()
+        return kv_state
+
+    @cute.jit
+    def mainloop_overlap(
+        self,
+        ctx: "BlockCtx",
+        kv_state: pipeline.PipelineState,
+        n_block_max: Int32,
+        tiled_mma_qk: cute.TiledMma,
+        tiled_mma_pv: cute.TiledMma,
+        pipeline_k: pipeline.PipelineAsync,
+        pipeline_v: pipeline.PipelineAsync,
+        pipeline_q: pipeline.PipelineAsync,
+        q_state: pipeline.PipelineState,
+    ) -> pipeline.PipelineState:
+        """Intra-warpgroup overlap: QK(n) and PV(n-1) are in flight together and
+        softmax(n) runs under PV(n-1). Blocks run in ascending order (the order the
+        reference's online softmax uses); only the last block is masked (the first
+        block is masked too: the mask is a no-op on blocks that need none)."""
+        # ---- block 0: QK, softmax; its PV is issued in the next step
+        scale = self.load_qk_scale(ctx, 0)
+        pipeline_k.consumer_wait(kv_state)
+        wgmma.gemm(tiled_mma_qk, ctx.acc_S, ctx.tSrQ, ctx.tSrK[None, None, None, kv_state.index],
+                   zero_init=True, wg_wait=0)
+        pipeline_k.consumer_release(kv_state)
+        if const_expr(self.config.early_q_release):
+            if n_block_max == 1:
+                pipeline_q.consumer_release(q_state)  # that was the tile's last QK
+        self.softmax_step(ctx, scale, 0, mask=True)
+        self.convert_p(ctx)
+        if const_expr(self.pv_accum == PvAccum.FP32):
+            self.rescale_o(ctx.acc_O, ctx.row_scale)
+        ctx.row_scale_prev.store(ctx.row_scale.load())
+        v_state = kv_state.clone()
+        kv_state.advance()
+        for n in cutlass.range(1, n_block_max - 1, unroll=1):
+            self.overlap_step(ctx, kv_state, v_state, n, tiled_mma_qk, tiled_mma_pv,
+                              pipeline_k, pipeline_v, mask=False)
+            v_state = kv_state.clone()
+            kv_state.advance()
+        if n_block_max > 1:
+            self.overlap_step(ctx, kv_state, v_state, n_block_max - 1, tiled_mma_qk, tiled_mma_pv,
+                              pipeline_k, pipeline_v, mask=True,
+                              pipeline_q=pipeline_q if const_expr(self.config.early_q_release) else None,
+                              q_state=q_state)
+            v_state = kv_state.clone()
+            kv_state.advance()
+        # ---- PV of the last block
+        pipeline_v.consumer_wait(v_state)
+        self.issue_pv(ctx, tiled_mma_pv, v_state.index, wg_wait=0)
+        pipeline_v.consumer_release(v_state)
+        self.finish_pv(ctx, ctx.row_scale_prev)
+        return kv_state
+
+    @cute.jit
+    def pingpong_init(self, wg_idx: Int32):
+        """Consumer warpgroup 0 issues first (Note [ping-pong], FA3 §3.1)."""
+        if const_expr(self.intra_wg_overlap and self.config.wg_pingpong):
+            if wg_idx == 0:
+                cute.arch.barrier_arrive(
+                    barrier_id=int(NamedBarrier.WARP_SCHEDULER_WG1), number_of_threads=2 * self.num_threads_per_wg
+                )
+
+    @cute.jit
+    def pingpong_sync(self, wg_idx: Int32):
+        """Wait for this warpgroup's turn to issue GEMMs."""
+        if const_expr(self.config.wg_pingpong):
+            cute.arch.barrier(
+                barrier_id=int(NamedBarrier.WARP_SCHEDULER_WG1) + wg_idx,
+                number_of_threads=2 * self.num_threads_per_wg,
+            )
+
+    @cute.jit
+    def pingpong_arrive(self, wg_idx: Int32):
+        """Hand the GEMM issue turn to the other consumer warpgroup."""
+        if const_expr(self.config.wg_pingpong):
+            cute.arch.barrier_arrive(
+                barrier_id=int(NamedBarrier.WARP_SCHEDULER_WG1) + 1 - wg_idx,
+                number_of_threads=2 * self.num_threads_per_wg,
+            )
+
+    @cute.jit
+    def overlap_step(
+        self,
+        ctx: "BlockCtx",
+        k_state: pipeline.PipelineState,
+        v_state: pipeline.PipelineState,
+        n_block: Int32,
+        tiled_mma_qk: cute.TiledMma,
+        tiled_mma_pv: cute.TiledMma,
+        pipeline_k: pipeline.PipelineAsync,
+        pipeline_v: pipeline.PipelineAsync,
+        mask: cutlass.Constexpr[bool],
+        pipeline_q: Optional[pipeline.PipelineAsync] = None,
+        q_state: Optional[pipeline.PipelineState] = None,
+    ):
+        """One overlapped block; with ``pipeline_q`` this is the tile's last QK and
+        sQ is released as soon as it retires."""
+        scale = self.load_qk_scale(ctx, n_block)
+        pipeline_k.consumer_wait(k_state)
+        self.pingpong_sync(ctx.wg_idx)
+        wgmma.gemm(tiled_mma_qk, ctx.acc_S, ctx.tSrQ, ctx.tSrK[None, None, None, k_state.index],
+                   zero_init=True, wg_wait=-1)
+        pipeline_v.consumer_wait(v_state)
+        self.issue_pv(ctx, tiled_mma_pv, v_state.index, wg_wait=-1)
+        self.pingpong_arrive(ctx.wg_idx)
+        warpgroup.wait_group(1)  # QK(n) retired, PV(n-1) may still run
+        pipeline_k.consumer_release(k_state)
+        if const_expr(pipeline_q is not None):
+            pipeline_q.consumer_release(q_state)
+        self.softmax_step(ctx, scale, n_block, mask=mask)
+        warpgroup.wait_group(0)  # PV(n-1) retired: its P registers and V stage are free
+        pipeline_v.consumer_release(v_state)
+        self.finish_pv(ctx, ctx.row_scale_prev)
+        self.convert_p(ctx)
+        if const_expr(self.pv_accum == PvAccum.FP32):
+            self.rescale_o(ctx.acc_O, ctx.row_scale)
+        ctx.row_scale_prev.store(ctx.row_scale.load())
+
+    @cute.jit
+    def apply_mask(self, s_mn: cute.Tensor, ctx: "BlockCtx", n_block: Int32):
+        """Keys >= Lk, and (causal, top-left) keys after the query row, get -inf."""
+        # column c of this thread is ctx.col_in_block + (static column of thread 0)
+        col_limit = ctx.seqlen_k - n_block * self.tile_n - ctx.col_in_block
+        for r in cutlass.range_constexpr(cute.size(s_mn, mode=[0])):
+            limit = col_limit
+            if const_expr(self.is_causal):
+                row = ctx.m_block * self.tile_m + ctx.row_in_tile + ctx.tScS_mn[r, 0][0]
+                limit = cutlass.min(limit, row + 1 - n_block * self.tile_n - ctx.col_in_block)
+            for c in cutlass.range_constexpr(cute.size(s_mn, mode=[1])):
+                s_mn[r, c] = s_mn[r, c] if ctx.tScS_mn[r, c][1] < limit else -Float32.inf
+
+    # ============================================================ epilogue
+    @cute.jit
+    def epilogue(
+        self,
+        acc_O_mn: cute.Tensor,
+        tOcO_mn: cute.Tensor,
+        row_max: cute.Tensor,
+        row_sum: cute.Tensor,
+        mVScale: cute.Tensor,
+        mO: cute.Tensor,
+        mLSE: Optional[cute.Tensor],
+        m_block: Int32,
+        head: Int32,
+        head_kv: Int32,
+        batch: Int32,
+        seqlen_q: Int32,
+        lane: Int32,
+        row_in_tile: Int32,
+        col_in_block: Int32,
+    ):
+        num_rows = cute.size(acc_O_mn, mode=[0])
+        num_cols = cute.size(acc_O_mn, mode=[1])
+        inv_d = cute.make_rmem_tensor((num_rows,), Float32)
+        for r in cutlass.range_constexpr(num_rows):
+            d = cute.arch.warp_reduction_sum(row_sum[r], threads_in_group=4)
+            row_sum[r] = d
+            inv_d[r] = cute.arch.rcp_approx(d)
+        # per-channel V scale, one per owned column
+        v_scale = cute.make_rmem_tensor((num_cols,), Float32)
+        for c in cutlass.range_constexpr(num_cols):
+            v_scale[c] = Float32(mVScale[batch, head_kv, col_in_block + tOcO_mn[0, c][1]])
+        mO_cur = mO[None, None, head, batch]  # (Lq, D)
+        for r in cutlass.range_constexpr(num_rows):
+            row = m_block * self.tile_m + row_in_tile + tOcO_mn[r, 0][0]
+            if row < seqlen_q:
+                if const_expr(self.config.vec_o_store):
+                    # columns c, c+1 of the fragment are adjacent in memory: one 32-bit
+                    # store per pair (launch.py checks o's strides are even)
+                    pair = cute.make_rmem_tensor((2,), self.out_dtype)
+                    for c in cutlass.range_constexpr(0, num_cols, 2):
+                        pair[0] = (acc_O_mn[r, c] * inv_d[r] * v_scale[c]).to(self.out_dtype)
+                        pair[1] = (acc_O_mn[r, c + 1] * inv_d[r] * v_scale[c + 1]).to(self.out_dtype)
+                        col = col_in_block + tOcO_mn[r, c][1]
+                        elem = mO_cur.iterator + cute.crd2idx((row, col), mO_cur.layout)
+                        dst = cute.make_tensor(
+                            cute.make_ptr(self.out_dtype, elem.toint(), cute.AddressSpace.gmem, assumed_align=4),
+                            cute.make_layout(2),
+                        )
+                        dst.store(pair.load())
+                else:
+                    for c in cutlass.range_constexpr(num_cols):
+                        val = (acc_O_mn[r, c] * inv_d[r] * v_scale[c]).to(self.out_dtype)
+                        mO_cur[row, col_in_block + tOcO_mn[r, c][1]] = val
+                if const_expr(self.has_lse):
+                    if lane % 4 == 0:
+                        # natural-log LSE of the smoothed scores: (m + log2 d) * ln2
+                        lse = (row_max[r] + cute.math.log2(row_sum[r], fastmath=True)) * Float32(math.log(2.0))
+                        mLSE[batch, head, row] = lse

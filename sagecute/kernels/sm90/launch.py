@@ -1,0 +1,423 @@
+"""Host side of the sm90 attention kernel: compile cache, torch entry point, AOT compile.
+
+* :func:`attn_fwd_sm90` runs the kernel on torch tensors (docs/kernel-contract.md).
+* :func:`compile_attn_fwd_sm90` is the compile cache; its key is exactly what changes
+  code generation (output dtype, head_dim, is_causal, granularity, pv_accum, has_lse,
+  config). Batch, heads, sequence lengths and strides are dynamic: no recompiles.
+  :func:`compile_attn_fwd_sm90_ffi` is the same kernel behind ``--enable-tvm-ffi``
+  (opt-in, Note [Two launch paths]).
+* :func:`compile_all_sm90` compiles every variant from fake tensors, no GPU needed
+  (``CUTE_DSL_ARCH=sm_90a`` is set for it), and summarises each one's SASS.
+* :func:`can_implement` says whether a problem is supported, and why not.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Optional
+
+import cutlass
+import cutlass.cute as cute
+
+from sagecute.kernels.sm90.attn_fwd import AttnFwdConfigSm90, SageAttnFwdSm90
+from sagecute.quant_layout import (
+    LOG2E,
+    SM90_GEOMETRY,
+    PvAccum,
+    QuantGranularity,
+)
+
+_OUT_DTYPES = {"bfloat16": cutlass.BFloat16, "float16": cutlass.Float16}
+
+
+def _out_dtype(dtype) -> type:
+    """torch dtype / cutlass type / name -> cutlass type."""
+    if isinstance(dtype, type) and issubclass(dtype, cutlass.Numeric):
+        return dtype
+    name = str(dtype).replace("torch.", "")
+    if name not in _OUT_DTYPES:
+        raise ValueError(f"output dtype must be bfloat16 or float16, got {dtype}")
+    return _OUT_DTYPES[name]
+
+
+def can_implement(
+    head_dim: int,
+    dtype,
+    granularity: QuantGranularity = QuantGranularity.PER_THREAD,
+    pv_accum: PvAccum = PvAccum.FP32_FP32,
+    **_ignored,
+) -> tuple[bool, str]:
+    """Whether the sm90 kernel supports this problem; ``(False, reason)`` otherwise."""
+    try:
+        out = _out_dtype(dtype)
+    except ValueError as e:
+        return False, str(e)
+    return SageAttnFwdSm90.can_implement(out, head_dim, granularity, pv_accum)
+
+
+# ----------------------------------------------------------------------------- fake tensors
+def _sym():
+    return cute.sym_int()
+
+
+def _fake_args(out_dtype, head_dim: int, has_lse: bool, ffi: bool = False, o_div: int = 1):
+    """Fake tensors with symbolic sizes/strides (last stride 1). ``ffi``: the TVM-FFI
+    entry's contract (V as uint8, TMA operands with 16-byte multiple strides)."""
+    B, Hq, Hkv, Lq, Lk, Lp = (_sym() for _ in range(6))
+    nq, nk = _sym(), _sym()
+    D = head_dim
+    fake = cute.runtime.make_fake_tensor
+
+    def contig(dtype, shape, align, div=1):
+        # 4-d/3-d tensors, last stride 1, other strides dynamic
+        strides = tuple(cute.sym_int64(divisibility=div) for _ in shape[:-1]) + (1,)
+        return fake(dtype, shape, stride=strides, assumed_align=align)
+
+    tma_div = 16 if ffi else 1  # elements of 1 byte: 16-byte strides for TMA
+    q = contig(cutlass.Int8, (B, Hq, Lq, D), 16, tma_div)
+    qs = contig(cutlass.Float32, (B, Hq, nq), 4)
+    k = contig(cutlass.Int8, (B, Hkv, Lk, D), 16, tma_div)
+    ks = contig(cutlass.Float32, (B, Hkv, nk), 4)
+    v = contig(cutlass.Uint8 if ffi else cutlass.Float8E4M3FN, (B, Hkv, D, Lp), 16, tma_div)
+    vs = contig(cutlass.Float32, (B, Hkv, D), 4)
+    o = contig(out_dtype, (B, Hq, Lq, D), 16, o_div)
+    lse = contig(cutlass.Float32, (B, Hq, Lq), 4) if has_lse else None
+    return q, qs, k, ks, v, vs, o, lse
+
+
+_COMPILED: dict = {}
+
+
+def compile_attn_fwd_sm90(
+    out_dtype,
+    head_dim: int,
+    is_causal: bool,
+    granularity: QuantGranularity,
+    pv_accum: PvAccum,
+    has_lse: bool,
+    config: AttnFwdConfigSm90,
+    example_args: Optional[tuple] = None,
+):
+    """Compile (cached) one kernel variant; the cache key is exactly the arguments
+    before ``example_args``. ``example_args`` are the runtime arguments of the first
+    call (cute tensors with dynamic layouts, scalars, stream); without them the
+    variant is compiled from fake tensors with symbolic shapes (no GPU needed)."""
+    out_dtype = _out_dtype(out_dtype)
+    key = (out_dtype, head_dim, is_causal, granularity, pv_accum, has_lse, config)
+    if example_args is not None and key in _COMPILED:
+        return _COMPILED[key]
+    kernel = SageAttnFwdSm90(out_dtype, head_dim, is_causal, granularity, pv_accum, has_lse, config)
+    if example_args is None:
+        # AOT check only: not cached, the runtime path compiles from its real arguments
+        example_args = (*_fake_args(out_dtype, head_dim, has_lse), cutlass.Float32(1.0),
+                        cutlass.Int32(1), cute.runtime.make_fake_stream())
+        return cute.compile(kernel, *example_args)
+    compiled = cute.compile(kernel, *example_args)
+    _COMPILED[key] = compiled
+    return compiled
+
+
+_COMPILED_FFI: dict = {}
+
+
+def compile_attn_fwd_sm90_ffi(
+    out_dtype,
+    head_dim: int,
+    is_causal: bool,
+    granularity: QuantGranularity,
+    pv_accum: PvAccum,
+    has_lse: bool,
+    config: AttnFwdConfigSm90,
+):
+    """The TVM-FFI entry of the same kernel (Note [Two launch paths]): compiled once per
+    key from fake tensors with symbolic shapes; takes torch tensors directly."""
+    out_dtype = _out_dtype(out_dtype)
+    key = (out_dtype, head_dim, is_causal, granularity, pv_accum, has_lse, config)
+    if key not in _COMPILED_FFI:
+        kernel = SageAttnFwdSm90(out_dtype, head_dim, is_causal, granularity, pv_accum, has_lse, config)
+        args = _fake_args(out_dtype, head_dim, has_lse, ffi=True, o_div=2 if config.vec_o_store else 1)
+        _COMPILED_FFI[key] = cute.compile(
+            kernel, *args, cutlass.Float32(1.0), cutlass.Int32(1),
+            cute.runtime.make_fake_stream(use_tvm_ffi_env_stream=True),
+            options="--enable-tvm-ffi",
+        )
+    return _COMPILED_FFI[key]
+
+
+def num_compiled() -> int:
+    """Number of cached compiled variants (tests check a new seqlen adds none)."""
+    return len(_COMPILED) + len(_COMPILED_FFI)
+
+
+# Note [Two launch paths] (as in sagecute/preprocess/kernels.py): the "pointer" path
+# wraps every torch tensor with from_dlpack (~100 us of host time per call) and runs
+# through the DSL's Python executor; the "tvm-ffi" path (``--enable-tvm-ffi``) takes the
+# torch tensors directly. The TVM-FFI path has not run on a GPU yet, so it is opt-in:
+# SAGECUTE_SM90_TVM_FFI=1 or set_launch_path("tvm-ffi"); if a call fails, the pointer
+# path takes over and launch_path() says why.
+_ffi_state = {"use": None, "why": ""}
+
+
+def tvm_ffi_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("tvm_ffi") is not None
+
+
+def launch_path() -> tuple[str, str]:
+    """("tvm-ffi" | "pointer", reason) for the calls made from now on."""
+    if _ffi_state["use"] is None:
+        if os.environ.get("SAGECUTE_SM90_TVM_FFI", "0") != "1":
+            _ffi_state.update(use=False, why="SAGECUTE_SM90_TVM_FFI is not 1 (default)")
+        elif not tvm_ffi_available():
+            _ffi_state.update(use=False, why="tvm_ffi not installed")
+        else:
+            _ffi_state.update(use=True, why="SAGECUTE_SM90_TVM_FFI=1")
+    return ("tvm-ffi" if _ffi_state["use"] else "pointer"), _ffi_state["why"]
+
+
+def set_launch_path(path: Optional[str]) -> None:
+    """Force "tvm-ffi" or "pointer" (tests, benchmarks); None: choose from the environment."""
+    if path not in (None, "tvm-ffi", "pointer"):
+        raise ValueError(f"unknown launch path {path!r}")
+    if path is None:
+        _ffi_state.update(use=None, why="")
+    else:
+        _ffi_state.update(use=path == "tvm-ffi", why=f"set_launch_path({path!r})")
+
+
+# ----------------------------------------------------------------------------- torch entry
+def _to_cute(t, align=16):
+    import torch
+    from cutlass.cute.runtime import from_dlpack
+
+    if t.dtype == torch.float8_e4m3fn:
+        ct = from_dlpack(t.view(torch.uint8).detach(), assumed_align=align)
+        ct.element_type = cutlass.Float8E4M3FN
+    else:
+        ct = from_dlpack(t.detach(), assumed_align=align)
+    return ct.mark_layout_dynamic(leading_dim=t.ndim - 1)
+
+
+def _check_inputs(q_int8, q_scale, k_int8, k_scale, v_fp8, v_scale, o, lse) -> None:
+    """dtypes, devices, and what TMA needs: last stride 1, 16-byte aligned base and strides."""
+    import torch
+
+    want = {"q_int8": (q_int8, torch.int8), "k_int8": (k_int8, torch.int8),
+            "v_fp8": (v_fp8, torch.float8_e4m3fn), "q_scale": (q_scale, torch.float32),
+            "k_scale": (k_scale, torch.float32), "v_scale": (v_scale, torch.float32)}
+    if lse is not None:
+        want["lse"] = (lse, torch.float32)
+        if tuple(lse.shape) != tuple(q_int8.shape[:3]):
+            raise ValueError(f"lse must be [B,Hq,Lq], got {tuple(lse.shape)}")
+    for name, (t, dtype) in want.items():
+        if t.dtype != dtype:
+            raise ValueError(f"{name} must be {dtype}, got {t.dtype}")
+        if t.device != o.device:
+            raise ValueError(f"{name} is on {t.device}, o on {o.device}")
+        if t.stride(-1) != 1:
+            raise ValueError(f"{name} needs a contiguous last dim")
+    for name, t in (("q_int8", q_int8), ("k_int8", k_int8), ("v_fp8", v_fp8)):
+        if t.data_ptr() % 16 or any((st * t.element_size()) % 16 for st in t.stride()[:-1]):
+            raise ValueError(f"{name} must be 16-byte aligned with 16-byte multiple strides (TMA)")
+    if o.data_ptr() % 16:
+        raise ValueError("o must be 16-byte aligned")
+
+
+@functools.lru_cache(maxsize=16)
+def _num_sms(device_index: int) -> int:
+    import torch
+
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def attn_fwd_sm90(
+    q_int8,
+    q_scale,
+    k_int8,
+    k_scale,
+    v_fp8,
+    v_scale,
+    o,
+    lse,
+    *,
+    sm_scale: float,
+    is_causal: bool,
+    granularity: QuantGranularity,
+    pv_accum: PvAccum,
+    config: Optional[AttnFwdConfigSm90] = None,
+) -> None:
+    """Run the sm90 kernel; writes ``o`` (and ``lse`` when given) in place.
+
+    Shapes (HND): q_int8 [B,Hq,Lq,D] int8, q_scale [B,Hq,nq] fp32, k_int8 [B,Hkv,Lk,D],
+    k_scale [B,Hkv,nk], v_fp8 [B,Hkv,D,Lpad] e4m3, v_scale [B,Hkv,D], o [B,Hq,Lq,D]
+    bf16/fp16 with any strides (last stride 1), lse None or fp32 [B,Hq,Lq].
+    """
+    import torch
+    import cuda.bindings.driver as cuda
+
+    B, Hq, Lq, D = q_int8.shape
+    Bk, Hkv, Lk, Dk = k_int8.shape
+    if (Bk, Dk) != (B, D) or Hq % Hkv != 0:
+        raise ValueError(f"bad q/k shapes {tuple(q_int8.shape)} {tuple(k_int8.shape)}")
+    g = SM90_GEOMETRY
+    if tuple(v_fp8.shape) != (B, Hkv, D, g.padded_kv_len(Lk)):
+        raise ValueError(f"v_fp8 must be [B,Hkv,D,{g.padded_kv_len(Lk)}], got {tuple(v_fp8.shape)}")
+    if q_scale.shape[-1] < g.num_q_scales(Lq, granularity) or k_scale.shape[-1] < g.num_k_scales(Lk, granularity):
+        raise ValueError("q_scale/k_scale too short for the granularity")
+    if o.shape != q_int8.shape or o.stride(-1) != 1:
+        raise ValueError("o must be [B,Hq,Lq,D] with last stride 1")
+    _check_inputs(q_int8, q_scale, k_int8, k_scale, v_fp8, v_scale, o, lse)
+    if Lq == 0 or Lk == 0 or B == 0:
+        return
+    ok, why = can_implement(D, o.dtype, granularity, pv_accum)
+    if not ok:
+        raise ValueError(why)
+    config = config or AttnFwdConfigSm90.default(D)
+    if config.vec_o_store and (o.data_ptr() % 4 or any(st % 2 for st in o.stride()[:-1])):
+        config = dataclasses.replace(config, vec_o_store=False)  # odd strides: 16-bit stores
+    key = (_out_dtype(o.dtype), D, bool(is_causal), granularity, pv_accum, lse is not None, config)
+    max_ctas = _num_sms(o.device.index or 0) if config.persistent else 2**30
+    if launch_path()[0] == "tvm-ffi":
+        try:
+            compile_attn_fwd_sm90_ffi(*key)(
+                q_int8, q_scale, k_int8, k_scale, v_fp8.view(torch.uint8), v_scale, o, lse,
+                float(sm_scale * LOG2E), int(max_ctas),
+            )
+            return
+        except Exception as e:  # noqa: BLE001 - fall back once, say why
+            _ffi_state.update(use=False, why=f"TVM-FFI call failed: {type(e).__name__}: {e}")
+            warnings.warn(f"sagecute sm90: {_ffi_state['why']}; using the pointer launch path", stacklevel=2)
+    stream = cuda.CUstream(torch.cuda.current_stream(o.device).cuda_stream)
+    args = (
+        _to_cute(q_int8),
+        _to_cute(q_scale, 4),
+        _to_cute(k_int8),
+        _to_cute(k_scale, 4),
+        _to_cute(v_fp8),
+        _to_cute(v_scale, 4),
+        _to_cute(o),
+        _to_cute(lse, 4) if lse is not None else None,
+        cutlass.Float32(sm_scale * LOG2E),
+        cutlass.Int32(max_ctas),
+        stream,
+    )
+    compiled = compile_attn_fwd_sm90(*key, example_args=args)
+    compiled(*args)
+
+
+# ----------------------------------------------------------------------------- AOT compile
+@dataclass
+class CompileResult:
+    """One compiled variant. ``summary`` is what ``python -m sagecute compile`` prints:
+    registers, spills (LDL+STL instructions), smem_bytes (dynamic), local_bytes and
+    ``sass`` (IGMMA, QGMMA, HGMMA, UTMALDG, MUFU.EX2, ... counts)."""
+
+    name: str
+    ok: bool
+    seconds: float
+    problem: str = ""
+    cubin: Optional[str] = None
+    summary: dict = field(default_factory=dict)
+
+    @property
+    def error(self) -> str:  # alias
+        return self.problem
+
+
+def variant_name(out_dtype, head_dim, is_causal, granularity, pv_accum, has_lse, config) -> str:
+    default = AttnFwdConfigSm90.default(head_dim)
+    tweaks = "".join(
+        f"_{f}={getattr(config, f)}" for f in config.__dataclass_fields__ if getattr(config, f) != getattr(default, f)
+    )
+    return (
+        f"sm90_{_out_dtype(out_dtype).__name__.lower()}_d{head_dim}"
+        f"_{'causal' if is_causal else 'full'}_{granularity.value}"
+        f"_{pv_accum.value.replace('+', '_')}{'_lse' if has_lse else ''}{tweaks}"
+    )
+
+
+def all_variants(quick: bool = False):
+    """The variants ``compile_all_sm90`` builds (bf16 output; fp16 differs only in the
+    final conversion)."""
+    for head_dim in (128, 64):
+        for is_causal in (False, True):
+            for gran in (QuantGranularity.PER_THREAD, QuantGranularity.PER_WARP):
+                if quick and (gran is QuantGranularity.PER_WARP or is_causal == (head_dim == 128)):
+                    continue
+                yield (cutlass.BFloat16, head_dim, is_causal, gran, PvAccum.FP32_FP32, True,
+                       AttnFwdConfigSm90.default(head_dim))
+
+
+def _summary(sass: dict, kernel: SageAttnFwdSm90) -> dict:
+    keys = ("IGMMA", "QGMMA", "HGMMA", "UTMALDG", "MUFU.EX2", "USETMAXREG", "BAR.SYNC", "instructions")
+    return {
+        "registers": sass.get("registers"),
+        "spills": (sass.get("spill_ldl") or 0) + (sass.get("spill_stl") or 0),
+        "local_bytes": sass.get("local_bytes", 0),
+        "smem_bytes": kernel.smem_bytes(),
+        "sass": {k: sass[k] for k in keys if k in sass},
+    }
+
+
+def compile_one_to_cubin(variant, out_dir: str) -> CompileResult:
+    """Compile one variant from fake tensors, keep its PTX/cubin in ``out_dir/<name>/``
+    and summarise the SASS (``sass_report.summarize_cubin``)."""
+    from sagecute.kernels.common import sass_report
+
+    name = variant_name(*variant)
+    vdir = os.path.join(out_dir, name)
+    os.makedirs(vdir, exist_ok=True)
+    t0 = time.time()
+    try:
+        out_dtype, head_dim, is_causal, gran, pv, has_lse, config = variant
+        kernel = SageAttnFwdSm90(_out_dtype(out_dtype), head_dim, is_causal, gran, pv, has_lse, config)
+        args = _fake_args(_out_dtype(out_dtype), head_dim, has_lse)
+        with sass_report.keep_artifacts(vdir):
+            cute.compile(kernel, *args, cutlass.Float32(1.0), cutlass.Int32(1), cute.runtime.make_fake_stream())
+        cubin = sass_report.find_cubin(vdir)
+        if cubin is None:
+            return CompileResult(name, False, time.time() - t0, problem="no cubin was written")
+        sass = sass_report.summarize_cubin(cubin)
+        res = CompileResult(name, True, time.time() - t0, cubin=cubin, summary=_summary(sass, kernel))
+        res.summary["raw"] = sass
+        if "error" in sass:
+            res.problem = sass["error"]
+        return res
+    except Exception as e:  # noqa: BLE001 - reported, not raised
+        return CompileResult(name, False, time.time() - t0, problem=f"{type(e).__name__}: {e}")
+
+
+def compile_all_sm90(out_dir: Optional[str] = None, quick: bool = False, arch: str = "sm_90a") -> list[CompileResult]:
+    """Compile every shipped sm90 variant for sm_90a without a GPU (fake tensors with
+    symbolic shapes) and summarise each one's SASS. Artifacts go to ``out_dir`` (a
+    temporary folder when None). ``quick``: two variants only."""
+    import tempfile
+
+    if arch not in ("sm_90a", "sm90", "sm_90"):
+        return []
+    os.environ.setdefault("CUTE_DSL_ARCH", "sm_90a")
+    from cutlass.cutlass_dsl import CuTeDSL
+
+    env = CuTeDSL._get_dsl().envar
+    saved_arch = env.arch
+    env.arch = "sm_90a"
+    tmp = None
+    if out_dir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="sagecute_sm90_")
+        out_dir = tmp.name
+    try:
+        results = [compile_one_to_cubin(v, out_dir) for v in all_variants(quick)]
+        if tmp is not None:
+            for r in results:
+                r.cubin = None
+        return results
+    finally:
+        env.arch = saved_arch
+        if tmp is not None:
+            tmp.cleanup()

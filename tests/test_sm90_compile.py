@@ -1,0 +1,114 @@
+"""sm90 kernel compiles for sm_90a without a GPU (CUTE_DSL_ARCH=sm_90a) and its SASS
+has the expected shape: IGMMA (int8 QK), QGMMA (fp8 PV), TMA loads, no spills."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+cutlass = pytest.importorskip("cutlass")
+
+from sagecute.quant_layout import PvAccum, QuantGranularity  # noqa: E402
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _arch_sm90():
+    old = os.environ.get("CUTE_DSL_ARCH")
+    os.environ["CUTE_DSL_ARCH"] = "sm_90a"
+    try:
+        from cutlass.cutlass_dsl import CuTeDSL
+
+        env = CuTeDSL._get_dsl().envar
+        saved = env.arch
+        env.arch = "sm_90a"
+    except Exception:  # noqa: BLE001
+        env = saved = None
+    yield
+    if env is not None and saved is not None:
+        env.arch = saved
+    if old is None:
+        os.environ.pop("CUTE_DSL_ARCH", None)
+    else:
+        os.environ["CUTE_DSL_ARCH"] = old
+
+
+def _variants():
+    from sagecute.kernels.sm90.attn_fwd import AttnFwdConfigSm90
+
+    T, W = QuantGranularity.PER_THREAD, QuantGranularity.PER_WARP
+    cfg = AttnFwdConfigSm90()
+    return [
+        (cutlass.BFloat16, 128, False, T, PvAccum.FP32_FP32, True, cfg),
+        (cutlass.BFloat16, 128, True, W, PvAccum.FP32_FP32, False, cfg),
+        (cutlass.Float16, 64, True, T, PvAccum.FP32_FP32, True, cfg),
+        (cutlass.BFloat16, 64, False, W, PvAccum.FP32, False, cfg),
+    ]
+
+
+@pytest.mark.parametrize("variant", range(4))
+def test_sm90_compiles_without_spills(variant, tmp_path):
+    from sagecute.kernels.sm90.launch import compile_one_to_cubin
+
+    v = _variants()[variant]
+    r = compile_one_to_cubin(v, str(tmp_path))
+    assert r.ok, r.problem
+    assert r.cubin, "no cubin was dumped"
+    raw = r.summary["raw"]
+    if "error" in raw:
+        pytest.skip(f"nvdisasm unavailable: {raw['error']}")
+    s = r.summary["sass"]
+    head_dim = v[1]
+    assert s["IGMMA"] > 0 and s["IGMMA"] % (head_dim // 32) == 0, s  # k32 steps over D
+    assert s["QGMMA"] > 0 and s["QGMMA"] % 4 == 0, s  # tile_n 128 = 4 k32 steps
+    assert s["HGMMA"] == 0, s
+    assert s["UTMALDG"] >= 3, s  # Q, K, V^T
+    assert s["MUFU.EX2"] > 0, s
+    assert s["USETMAXREG"] == 2, s
+    assert r.summary["spills"] == 0 and r.summary["local_bytes"] == 0, r.summary
+    assert r.summary["smem_bytes"] <= 227 * 1024
+
+
+def test_sm90_can_implement():
+    from sagecute.kernels.sm90.launch import can_implement
+
+    assert can_implement(128, "bfloat16")[0]
+    assert can_implement(64, "float16", QuantGranularity.PER_WARP, PvAccum.FP32)[0]
+    ok, why = can_implement(96, "bfloat16")
+    assert not ok and "head_dim" in why
+    ok, why = can_implement(128, "float32")
+    assert not ok and "dtype" in why
+    ok, why = can_implement(128, "bfloat16", pv_accum=PvAccum.FP32_FP16)
+    assert not ok and "pv_accum" in why
+
+
+def test_sm90_config_validation():
+    from sagecute.kernels.sm90.attn_fwd import AttnFwdConfigSm90
+
+    with pytest.raises(ValueError, match="tile_n"):
+        AttnFwdConfigSm90(tile_n=64)
+    with pytest.raises(ValueError, match="tile_m"):
+        AttnFwdConfigSm90(tile_m=64)
+    assert AttnFwdConfigSm90() in AttnFwdConfigSm90.all_configs()
+    with pytest.raises(ValueError, match="magic_i2f"):
+        AttnFwdConfigSm90(magic_i2f=True, fused_scale_exp=False)
+
+
+def test_sm90_compile_all_quick():
+    from sagecute.kernels.sm90.launch import compile_all_sm90
+
+    results = compile_all_sm90(quick=True)
+    assert len(results) == 2 and all(r.ok for r in results), [(r.name, r.problem) for r in results]
+    assert all(r.summary["sass"]["QGMMA"] > 0 for r in results)
+
+
+def test_sm90_tvm_ffi_entry_compiles():
+    from sagecute.kernels.sm90 import launch
+    from sagecute.kernels.sm90.attn_fwd import AttnFwdConfigSm90
+
+    if not launch.tvm_ffi_available():
+        pytest.skip("tvm_ffi not installed")
+    fn = launch.compile_attn_fwd_sm90_ffi(
+        cutlass.BFloat16, 128, True, QuantGranularity.PER_THREAD, PvAccum.FP32_FP32, True, AttnFwdConfigSm90()
+    )
+    assert fn is not None
