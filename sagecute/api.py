@@ -198,8 +198,7 @@ def _lse_smoothing_correction(qh, km, sm_scale):
     return sm_scale * torch.matmul(qh.float(), kmx.transpose(-1, -2))[..., 0]
 
 
-@torch.library.custom_op("sagecute::attn_fwd", mutates_args=())
-def _attn_fwd_op(
+def _attn_fwd_impl(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
@@ -231,6 +230,19 @@ def _attn_fwd_op(
         lse = q.new_empty((0,), dtype=torch.float32)
     # The kernels write a dense tensor in the caller's layout: no copy then.
     return o if o.is_contiguous() else o.contiguous(), lse
+
+
+# The custom op makes torch.compile(fullgraph=True) trace through the call;
+# eager calls skip its dispatch (tens of microseconds a call, which short
+# sequences feel) unless autograd needs it to raise on backward.
+_attn_fwd_op = torch.library.custom_op("sagecute::attn_fwd", _attn_fwd_impl, mutates_args=())
+
+
+def _no_backward(ctx, grad_o, grad_lse):
+    raise NotImplementedError("sagecute.sageattn is forward-only (inference): no backward pass")
+
+
+_attn_fwd_op.register_autograd(_no_backward)
 
 
 @_attn_fwd_op.register_fake
@@ -295,7 +307,10 @@ def sageattn(
     if opts["attn_mask"] is not None:
         o, lse = _run_sdpa(q, k, v, tensor_layout, is_causal, sm_scale, return_lse, opts["attn_mask"])
     else:
-        o, lse = _attn_fwd_op(
+        needs_op = torch.compiler.is_compiling() or (
+            torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+        )
+        o, lse = (_attn_fwd_op if needs_op else _attn_fwd_impl)(
             q, k, v, tensor_layout, is_causal, sm_scale, return_lse, opts["qk_quant_gran"],
             opts["pv_accum_dtype"], opts["smooth_k"], opts["smooth_v"], opts["smooth_q"], spec.backend,
         )  # fmt: skip

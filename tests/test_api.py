@@ -188,3 +188,11 @@ def test_dispatch_maps_archs():
     assert spec.backend == "sdpa" and "fp32+fp16" in spec.reason
     big = dispatch.CallConfig(256, torch.bfloat16, False, "per_thread", "fp32+fp32", True, False, False)
     assert "head_dim 256" in dispatch.select_for_arch("sm90", big).reason
+
+
+def test_backward_says_forward_only():
+    q, k, v = _qkv(hkv=4)
+    q.requires_grad_(True)
+    o = sagecute.sageattn(q, k, v, backend="reference")
+    with pytest.raises(NotImplementedError, match="forward-only"):
+        o.float().sum().backward()

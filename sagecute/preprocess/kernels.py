@@ -28,10 +28,8 @@ it again); Q is one launch, V is one launch reading V twice.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import os
 import time
-import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -44,6 +42,7 @@ from .. import reference
 from ..kernels.common.quant_fp8 import QuantizeVFp8
 from ..kernels.common.quant_int8 import QuantizeInt8
 from ..kernels.common.quant_kmean import KMean
+from ..launch_path import LaunchPath, tvm_ffi_available
 from ..quant_layout import FP8_E4M3_MAX, SM90_GEOMETRY, QuantGeometry, QuantGranularity
 
 __all__ = [
@@ -68,14 +67,10 @@ _ALIGN_ELEMS = 8  # 16 bytes of bf16/fp16
 # --------------------------------------------------------------------------
 # Compilation (GPU-free: fake pointers / fake tensors with symbolic dims)
 # --------------------------------------------------------------------------
-# Note [Two launch paths]
-# Every kernel has two host entries with the same device code: ``__call__``
-# takes raw pointers + sizes/strides (runs through the DSL's Python executor;
-# needs only nvidia-cutlass-dsl) and ``call_tensors`` takes tensors and is
-# compiled with ``--enable-tvm-ffi``, so torch tensors cross into C++ directly
-# (several times less host time per call). The TVM-FFI path is used when
-# ``tvm_ffi`` is importable and SAGECUTE_PREPROCESS_TVM_FFI is not "0"; if its
-# first call fails, the pointer path takes over and ``launch_path()`` says why.
+# Every kernel has two host entries over the same device code (Note [Two
+# launch paths] in sagecute/launch_path.py): ``__call__`` takes raw pointers +
+# sizes/strides, ``call_tensors`` takes tensors and is compiled with
+# ``--enable-tvm-ffi``. SAGECUTE_PREPROCESS_TVM_FFI=0 forces the pointer path.
 def _ptr(dtype, address: int = 0):
     return cute.runtime.make_ptr(dtype, address, cute.AddressSpace.gmem, assumed_align=16)
 
@@ -170,10 +165,6 @@ def _compile_v_fp8_ffi(dtype, head_dim: int, geom: QuantGeometry, arch, extra: s
     )  # fmt: skip
 
 
-def tvm_ffi_available() -> bool:
-    return importlib.util.find_spec("tvm_ffi") is not None
-
-
 def supported_head_dim(head_dim: int) -> bool:
     """Head dims every preprocessing kernel handles (the API pads to 64 / 128).
     256 compiles but the INT8 kernel keeps 32 rows x 8 channels per thread in
@@ -265,40 +256,10 @@ def _ptx_counts(compiled) -> dict:
 # --------------------------------------------------------------------------
 # Runtime
 # --------------------------------------------------------------------------
-_ffi_state = {"use": None, "why": ""}  # Note [Two launch paths]
-
-
-def launch_path() -> tuple[str, str]:
-    """("tvm-ffi" | "pointer", reason) for the calls made from now on."""
-    if _ffi_state["use"] is None:
-        if os.environ.get("SAGECUTE_PREPROCESS_TVM_FFI", "1") == "0":
-            _ffi_state.update(use=False, why="SAGECUTE_PREPROCESS_TVM_FFI=0")
-        elif not tvm_ffi_available():
-            _ffi_state.update(use=False, why="tvm_ffi not installed")
-        else:
-            _ffi_state.update(use=True, why="tvm_ffi installed")
-    return ("tvm-ffi" if _ffi_state["use"] else "pointer"), _ffi_state["why"]
-
-
-def set_launch_path(path: str | None) -> None:
-    """Force "tvm-ffi" or "pointer" (tests, benchmarks); None: choose automatically."""
-    if path not in (None, "tvm-ffi", "pointer"):
-        raise ValueError(f"unknown launch path {path!r}")
-    if path is None:
-        _ffi_state.update(use=None, why="")
-    else:
-        _ffi_state.update(use=path == "tvm-ffi", why=f"set_launch_path({path!r})")
-
-
-def _launch(ffi_launch, pointer_launch) -> None:
-    if launch_path()[0] == "tvm-ffi":
-        try:
-            ffi_launch()
-            return
-        except Exception as e:  # noqa: BLE001 - fall back once, say why
-            _ffi_state.update(use=False, why=f"TVM-FFI call failed: {type(e).__name__}: {e}")
-            warnings.warn(f"sagecute preprocess: {_ffi_state['why']}; using the pointer launch path", stacklevel=3)
-    pointer_launch()
+_PATH = LaunchPath("preprocess", "SAGECUTE_PREPROCESS_TVM_FFI")  # Note [Two launch paths]
+launch_path = _PATH.current
+set_launch_path = _PATH.force
+_launch = _PATH.launch
 
 
 _streams: dict = {}

@@ -17,7 +17,6 @@ import dataclasses
 import functools
 import os
 import time
-import warnings
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -25,6 +24,7 @@ import cutlass
 import cutlass.cute as cute
 
 from sagecute.kernels.sm90.attn_fwd import AttnFwdConfigSm90, SageAttnFwdSm90
+from sagecute.launch_path import LaunchPath, tvm_ffi_available  # noqa: F401 - re-exported for tests
 from sagecute.quant_layout import (
     LOG2E,
     SM90_GEOMETRY,
@@ -154,41 +154,9 @@ def num_compiled() -> int:
     return len(_COMPILED) + len(_COMPILED_FFI)
 
 
-# Note [Two launch paths] (as in sagecute/preprocess/kernels.py): the "pointer" path
-# wraps every torch tensor with from_dlpack (~100 us of host time per call) and runs
-# through the DSL's Python executor; the "tvm-ffi" path (``--enable-tvm-ffi``) takes the
-# torch tensors directly. The TVM-FFI path has not run on a GPU yet, so it is opt-in:
-# SAGECUTE_SM90_TVM_FFI=1 or set_launch_path("tvm-ffi"); if a call fails, the pointer
-# path takes over and launch_path() says why.
-_ffi_state = {"use": None, "why": ""}
-
-
-def tvm_ffi_available() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("tvm_ffi") is not None
-
-
-def launch_path() -> tuple[str, str]:
-    """("tvm-ffi" | "pointer", reason) for the calls made from now on."""
-    if _ffi_state["use"] is None:
-        if os.environ.get("SAGECUTE_SM90_TVM_FFI", "0") != "1":
-            _ffi_state.update(use=False, why="SAGECUTE_SM90_TVM_FFI is not 1 (default)")
-        elif not tvm_ffi_available():
-            _ffi_state.update(use=False, why="tvm_ffi not installed")
-        else:
-            _ffi_state.update(use=True, why="SAGECUTE_SM90_TVM_FFI=1")
-    return ("tvm-ffi" if _ffi_state["use"] else "pointer"), _ffi_state["why"]
-
-
-def set_launch_path(path: Optional[str]) -> None:
-    """Force "tvm-ffi" or "pointer" (tests, benchmarks); None: choose from the environment."""
-    if path not in (None, "tvm-ffi", "pointer"):
-        raise ValueError(f"unknown launch path {path!r}")
-    if path is None:
-        _ffi_state.update(use=None, why="")
-    else:
-        _ffi_state.update(use=path == "tvm-ffi", why=f"set_launch_path({path!r})")
+_PATH = LaunchPath("sm90", "SAGECUTE_SM90_TVM_FFI")  # Note [Two launch paths]
+launch_path = _PATH.current
+set_launch_path = _PATH.force
 
 
 # ----------------------------------------------------------------------------- torch entry
@@ -259,7 +227,6 @@ def attn_fwd_sm90(
     bf16/fp16 with any strides (last stride 1), lse None or fp32 [B,Hq,Lq].
     """
     import torch
-    import cuda.bindings.driver as cuda
 
     B, Hq, Lq, D = q_int8.shape
     Bk, Hkv, Lk, Dk = k_int8.shape
@@ -283,16 +250,19 @@ def attn_fwd_sm90(
         config = dataclasses.replace(config, vec_o_store=False)  # odd strides: 16-bit stores
     key = (_out_dtype(o.dtype), D, bool(is_causal), granularity, pv_accum, lse is not None, config)
     max_ctas = _num_sms(o.device.index or 0) if config.persistent else 2**30
-    if launch_path()[0] == "tvm-ffi":
-        try:
-            compile_attn_fwd_sm90_ffi(*key)(
-                q_int8, q_scale, k_int8, k_scale, v_fp8.view(torch.uint8), v_scale, o, lse,
-                float(sm_scale * LOG2E), int(max_ctas),
-            )
-            return
-        except Exception as e:  # noqa: BLE001 - fall back once, say why
-            _ffi_state.update(use=False, why=f"TVM-FFI call failed: {type(e).__name__}: {e}")
-            warnings.warn(f"sagecute sm90: {_ffi_state['why']}; using the pointer launch path", stacklevel=2)
+    _PATH.launch(
+        lambda: compile_attn_fwd_sm90_ffi(*key)(
+            q_int8, q_scale, k_int8, k_scale, v_fp8.view(torch.uint8), v_scale, o, lse,
+            float(sm_scale * LOG2E), int(max_ctas),
+        ),
+        lambda: _launch_pointer(key, q_int8, q_scale, k_int8, k_scale, v_fp8, v_scale, o, lse, sm_scale, max_ctas),
+    )
+
+
+def _launch_pointer(key, q_int8, q_scale, k_int8, k_scale, v_fp8, v_scale, o, lse, sm_scale, max_ctas) -> None:
+    import torch
+    import cuda.bindings.driver as cuda
+
     stream = cuda.CUstream(torch.cuda.current_stream(o.device).cuda_stream)
     args = (
         _to_cute(q_int8),
