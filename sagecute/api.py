@@ -187,15 +187,8 @@ def _run_sm90(q, k, v, layout, is_causal, sm_scale, return_lse, gran, pv_accum, 
     if dp != head_dim:
         out = out[..., :head_dim]
     if lse is not None and prep.quantized.k_mean is not None:
-        lse = lse + _lse_smoothing_correction(reference.to_hnd(q, layout), prep.quantized.k_mean, sm_scale)
+        lse = lse + reference.lse_smoothing_correction(reference.to_hnd(q, layout), prep.quantized.k_mean, sm_scale)
     return reference.from_hnd(out, layout), lse
-
-
-def _lse_smoothing_correction(qh, km, sm_scale):
-    """sm_scale * q . k_mean: what K smoothing removed from every score of a row."""
-    hq = qh.shape[1]
-    kmx = reference._expand_kv(km[..., : qh.shape[-1]].float(), hq)  # [B,Hq,1,D]
-    return sm_scale * torch.matmul(qh.float(), kmx.transpose(-1, -2))[..., 0]
 
 
 def _attn_fwd_impl(

@@ -306,6 +306,13 @@ def _online_softmax_step(t, m, d, offset):
     return p, m_new, d * alpha + p.sum(dim=-1), alpha
 
 
+def lse_smoothing_correction(qh: torch.Tensor, km: torch.Tensor, sm_scale: float) -> torch.Tensor:
+    """``sm_scale * q . k_mean`` [B,Hq,Lq] fp32: what K smoothing removed from
+    every score of a row, added back to the LSE (numerics.md §2)."""
+    kmx = _expand_kv(km[..., : qh.shape[-1]].float(), qh.shape[1])  # [B,Hq,1,D]
+    return sm_scale * torch.matmul(qh.float(), kmx.transpose(-1, -2))[..., 0]
+
+
 def _emulate_int8_fp8(
     qh, kh, vh, *, is_causal, sm_scale, gran, pv_accum, smooth_k, smooth_v, smooth_q, geom, lq, lk
 ):
@@ -370,7 +377,7 @@ def _emulate_int8_fp8(
         o = o + _expand_kv(vm.unsqueeze(2), hq)
     lse = (m + torch.log2(dsum)) * LN2
     if km is not None:
-        lse = lse + sm_scale * (qh.float() * _expand_kv(km.float(), hq)).sum(-1)
+        lse = lse + lse_smoothing_correction(qh, km, sm_scale)
     return o, lse
 
 
@@ -424,7 +431,7 @@ def _emulate_fp4(qh, kh, vh, *, is_causal, sm_scale, smooth_k, smooth_q, lq, lk)
     o = (o * inv_d.unsqueeze(-1))[:, :, :lq]
     lse = ((m + torch.log2(dsum)) * LN2)[:, :, :lq]
     if km is not None:
-        lse = lse + sm_scale * (qh.float() * _expand_kv(km.float(), hq)).sum(-1)
+        lse = lse + lse_smoothing_correction(qh, km, sm_scale)
     return o, lse
 
 
