@@ -333,7 +333,7 @@ def test_tvm_ffi_path_is_used_when_installed():
     kern.quantize_q_int8_cute(x, T)
     kern.quantize_k_int8_cute(x, W, True)
     kern.quantize_v_fp8_cute(x)
-    assert kern.launch_path() == ("tvm-ffi", "tvm_ffi installed")
+    assert kern.launch_path()[0] == "tvm-ffi", kern.launch_path()
 
 
 def test_new_seqlen_does_not_recompile():

@@ -60,14 +60,78 @@ def bench_fa4(b, h, l, d, causal, iters=20):
     return ms, 4 * b * h * l * l * d / (2 if causal else 1) / ms / 1e9
 
 
+CONFIG_VARIANTS = {
+    # name: (AttnFwdConfigSm90 kwargs, pv_accum override or None)
+    "default": ({}, None),
+    "pv32": ({}, "fp32"),  # the fp32 PV accumulation user mode (frees acc_O_tmp's 64 registers)
+    "no_overlap": (dict(intra_wg_overlap=False), None),
+    "stages3": (dict(num_stages=3), None),
+    "no_pingpong": (dict(wg_pingpong=False), None),
+    "pv32_no_pingpong": (dict(wg_pingpong=False), "fp32"),
+    "pv32_skip": (dict(skip_unit_rescale=True), "fp32"),
+    "pv32_noskip": (dict(skip_unit_rescale=False), "fp32"),
+    "unroll1": (dict(mainloop_unroll=1), None),
+    "unroll2": (dict(mainloop_unroll=2), None),
+    "p4": (dict(reduce_partials=4), None),
+    "p16": (dict(reduce_partials=16), None),
+    "magic": (dict(magic_i2f=True), None),
+    "no_tree": (dict(tree_reduce=False), None),
+    "baseline": (dict(wg_pingpong=False, fused_scale_exp=False, magic_i2f=False, tree_reduce=False,
+                      early_q_release=False, vec_o_store=False), None),
+    "no_early_q": (dict(early_q_release=False), None),
+}
+
+
+def _variant(name, d):
+    from sagecute.kernels.sm90.attn_fwd import AttnFwdConfigSm90
+    from sagecute.quant_layout import PvAccum
+
+    kw, pv = CONFIG_VARIANTS[name]
+    base = AttnFwdConfigSm90.default(d)
+    cfg = AttnFwdConfigSm90(**{**{f: getattr(base, f) for f in base.__dataclass_fields__}, **kw})
+    return cfg, (PvAccum.FP32 if pv == "fp32" else PvAccum.FP32_FP32)
+
+
+def verify(names):
+    """Run tests/test_sm90_gpu.py's CASES with each named variant (pass/fail per case)."""
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", ".."))
+    from tests import test_sm90_gpu as t
+
+    for name in names:
+        npass = nfail = 0
+        for case in t.CASES:
+            cfg, pv = _variant(name, case[0])
+            if CONFIG_VARIANTS[name][1] is None:
+                pv = case[10]  # keep the case's own PV mode
+            case = case[:10] + (pv,)
+            try:
+                t._check(t.run_case(*case, config=cfg))
+                npass += 1
+            except Exception as e:  # noqa: BLE001
+                nfail += 1
+                print(f"verify {name} FAIL {t._ids(case)}: {type(e).__name__}: {str(e)[:300]}", flush=True)
+        print(f"verify {name}: {npass} passed, {nfail} failed", flush=True)
+
+
 def main():
-    from sagecute.quant_layout import PvAccum, QuantGranularity
+    from sagecute.quant_layout import QuantGranularity
 
     p = argparse.ArgumentParser()
     p.add_argument("--seqlens", default="1024,8192")
-    p.add_argument("--configs", default="default,baseline")
+    p.add_argument("--dims", default="128,64")
+    p.add_argument("--modes", default="full,causal")
+    p.add_argument("--configs", default="default,baseline",
+                   help="comma list of " + ",".join(CONFIG_VARIANTS) + "; timed side by side; "
+                   "NAME/full, NAME/d64 etc. restrict a variant to non-causal / one head_dim")
+    p.add_argument("--iters", type=int, default=20)
+    p.add_argument("--verify", default="", help="comma list of variants to check against the reference")
     p.add_argument("--fa4", action="store_true", help="also time FlashAttention-4 bf16 (d128)")
     args = p.parse_args()
+    if args.verify:
+        verify([n for n in args.verify.split(",") if n])
     if args.fa4:
         for l in [int(x) for x in args.seqlens.split(",")]:
             for causal in (False, True):
@@ -77,25 +141,28 @@ def main():
                           f"{ms:8.3f} ms {tops:7.1f} TFLOPS", flush=True)
                 except Exception as e:  # noqa: BLE001
                     print(f"fa4 failed: {type(e).__name__}: {str(e)[:200]}", flush=True)
-    from sagecute.kernels.sm90.attn_fwd import AttnFwdConfigSm90
-
-    configs = {"default": AttnFwdConfigSm90(), "no_overlap": AttnFwdConfigSm90(intra_wg_overlap=False),
-               "stages3": AttnFwdConfigSm90(num_stages=3),
-               "no_pingpong": AttnFwdConfigSm90(wg_pingpong=False),
-               "magic": AttnFwdConfigSm90(magic_i2f=True),
-               "no_tree": AttnFwdConfigSm90(tree_reduce=False),
-               "baseline": AttnFwdConfigSm90(wg_pingpong=False, fused_scale_exp=False, magic_i2f=False,
-                                             tree_reduce=False, early_q_release=False, vec_o_store=False),
-               "no_early_q": AttnFwdConfigSm90(early_q_release=False)}
-    for l in [int(x) for x in args.seqlens.split(",")]:
+    names = [n for n in args.configs.split(",") if n]
+    for l in [int(x) for x in args.seqlens.split(",") if x]:
         b, h = max(1, 32768 // l), 16
-        for d in (128, 64):
-            for causal in (False, True):
-                for name in filter(None, args.configs.split(",")):
-                    ms, tops = bench_one(b, h, l, d, causal, QuantGranularity.PER_THREAD, PvAccum.FP32_FP32,
-                                         config=configs[name])
-                    print(f"sm90 {name:10s} b{b} h{h} L{l} d{d} {'causal' if causal else 'full  '}: "
-                          f"{ms:8.3f} ms {tops:7.1f} TOPS", flush=True)
+        for d in [int(x) for x in args.dims.split(",") if x]:
+            for mode in [m for m in args.modes.split(",") if m]:
+                causal = mode == "causal"
+                ref_tops = None
+                for spec in names:
+                    name, *only = spec.split("/")
+                    if any(o not in (mode, f"d{d}", f"L{l}") for o in only):
+                        continue
+                    cfg, pv = _variant(name, d)
+                    try:
+                        ms, tops = bench_one(b, h, l, d, causal, QuantGranularity.PER_THREAD, pv,
+                                             iters=args.iters, config=cfg)
+                    except Exception as e:  # noqa: BLE001
+                        print(f"sm90 {name:16s} b{b} h{h} L{l} d{d} {mode}: failed {type(e).__name__}: "
+                              f"{str(e)[:200]}", flush=True)
+                        continue
+                    ref_tops = ref_tops or tops
+                    print(f"sm90 {name:16s} b{b} h{h} L{l} d{d} {'causal' if causal else 'full  '}: "
+                          f"{ms:8.3f} ms {tops:7.1f} TOPS  x{tops / ref_tops:5.3f}", flush=True)
 
 
 if __name__ == "__main__":
