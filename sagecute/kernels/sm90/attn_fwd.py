@@ -360,30 +360,19 @@ class SageAttnFwdSm90:
         tma_warp = pipeline.CooperativeGroup(pipeline.Agent.Thread, 1)
         # PipelineTmaAsync consumers release with one elected lane per warp.
         consumer_warps = pipeline.CooperativeGroup(pipeline.Agent.Thread, self.num_consumer_wg * 4)
-        pipeline_q = pipeline.PipelineTmaAsync.create(
-            barrier_storage=storage.mbar_Q.data_ptr(),
-            num_stages=1,
-            producer_group=tma_warp,
-            consumer_group=consumer_warps,
-            tx_count=self.tma_bytes_Q,
-            defer_sync=True,
-        )
-        pipeline_k = pipeline.PipelineTmaAsync.create(
-            barrier_storage=storage.mbar_K.data_ptr(),
-            num_stages=self.num_stages,
-            producer_group=tma_warp,
-            consumer_group=consumer_warps,
-            tx_count=self.tma_bytes_K,
-            defer_sync=True,
-        )
-        pipeline_v = pipeline.PipelineTmaAsync.create(
-            barrier_storage=storage.mbar_V.data_ptr(),
-            num_stages=self.num_stages,
-            producer_group=tma_warp,
-            consumer_group=consumer_warps,
-            tx_count=self.tma_bytes_V,
-            defer_sync=True,
-        )
+        def tma_pipeline(barrier, num_stages: int, tx_count: int):
+            return pipeline.PipelineTmaAsync.create(
+                barrier_storage=barrier.data_ptr(),
+                num_stages=num_stages,
+                producer_group=tma_warp,
+                consumer_group=consumer_warps,
+                tx_count=tx_count,
+                defer_sync=True,
+            )
+
+        pipeline_q = tma_pipeline(storage.mbar_Q, 1, self.tma_bytes_Q)
+        pipeline_k = tma_pipeline(storage.mbar_K, self.num_stages, self.tma_bytes_K)
+        pipeline_v = tma_pipeline(storage.mbar_V, self.num_stages, self.tma_bytes_V)
         cute.arch.mbarrier_init_fence()
         cute.arch.sync_threads()
 

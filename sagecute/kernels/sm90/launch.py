@@ -93,6 +93,11 @@ def _fake_args(out_dtype, head_dim: int, has_lse: bool, ffi: bool = False, o_div
 _COMPILED: dict = {}
 
 
+def _compile_key(out_dtype, head_dim, is_causal, granularity, pv_accum, has_lse, config) -> tuple:
+    """Exactly what changes the generated code (STYLE.md): nothing shape-dependent."""
+    return (_out_dtype(out_dtype), head_dim, bool(is_causal), granularity, pv_accum, has_lse, config)
+
+
 def compile_attn_fwd_sm90(
     out_dtype,
     head_dim: int,
@@ -107,8 +112,8 @@ def compile_attn_fwd_sm90(
     before ``example_args``. ``example_args`` are the runtime arguments of the first
     call (cute tensors with dynamic layouts, scalars, stream); without them the
     variant is compiled from fake tensors with symbolic shapes (no GPU needed)."""
-    out_dtype = _out_dtype(out_dtype)
-    key = (out_dtype, head_dim, is_causal, granularity, pv_accum, has_lse, config)
+    key = _compile_key(out_dtype, head_dim, is_causal, granularity, pv_accum, has_lse, config)
+    out_dtype = key[0]
     if example_args is not None and key in _COMPILED:
         return _COMPILED[key]
     kernel = SageAttnFwdSm90(out_dtype, head_dim, is_causal, granularity, pv_accum, has_lse, config)
@@ -136,8 +141,8 @@ def compile_attn_fwd_sm90_ffi(
 ):
     """The TVM-FFI entry of the same kernel (Note [Two launch paths]): compiled once per
     key from fake tensors with symbolic shapes; takes torch tensors directly."""
-    out_dtype = _out_dtype(out_dtype)
-    key = (out_dtype, head_dim, is_causal, granularity, pv_accum, has_lse, config)
+    key = _compile_key(out_dtype, head_dim, is_causal, granularity, pv_accum, has_lse, config)
+    out_dtype = key[0]
     if key not in _COMPILED_FFI:
         kernel = SageAttnFwdSm90(out_dtype, head_dim, is_causal, granularity, pv_accum, has_lse, config)
         args = _fake_args(out_dtype, head_dim, has_lse, ffi=True, o_div=2 if config.vec_o_store else 1)
@@ -248,7 +253,7 @@ def attn_fwd_sm90(
     config = config or AttnFwdConfigSm90.default(D)
     if config.vec_o_store and (o.data_ptr() % 4 or any(st % 2 for st in o.stride()[:-1])):
         config = dataclasses.replace(config, vec_o_store=False)  # odd strides: 16-bit stores
-    key = (_out_dtype(o.dtype), D, bool(is_causal), granularity, pv_accum, lse is not None, config)
+    key = _compile_key(o.dtype, D, is_causal, granularity, pv_accum, lse is not None, config)
     max_ctas = _num_sms(o.device.index or 0) if config.persistent else 2**30
     _PATH.launch(
         lambda: compile_attn_fwd_sm90_ffi(*key)(
