@@ -41,7 +41,11 @@ def test_sageattn_matches_emulation_and_exact(case):
     # A correct kernel differs from the emulation by accumulation order only.
     assert vs_emu.rel_l1 <= max(0.1 * emu_exact.rel_l1, 2e-3), (vs_emu, emu_exact)
     assert vs_exact.rel_l1 <= 1.1 * emu_exact.rel_l1 + 1e-3, (vs_exact, emu_exact)
-    assert (lse - lse_exact).abs().max() < 0.05
+    # LSE: the kernel tracks the emulation; both carry the INT8 score error, which
+    # grows with the logits (peaked rows reach ~30).
+    emu_lse_err = (lse_emu - lse_exact).abs().max().item()
+    assert (lse - lse_emu).abs().max() <= 1e-2, (lse - lse_emu).abs().max()
+    assert (lse - lse_exact).abs().max() <= 1.5 * emu_lse_err + 0.02
 
 
 @needs_sm90
