@@ -11,6 +11,7 @@ warning, unless the caller named a backend explicitly, which then raises
 from __future__ import annotations
 
 import functools
+import importlib
 import warnings
 from dataclasses import dataclass
 
@@ -70,17 +71,9 @@ def _can_implement(family: str, cfg: CallConfig) -> tuple[bool, str]:
         return False, "attn_mask is not supported by the quantized kernels"
     if cfg.head_dim > 128:
         return False, f"head_dim {cfg.head_dim} > 128 has no quantized kernel"
-    if family == "sm90":
-        from .kernels.sm90.support import can_implement
-
-        return can_implement(cfg)
-    if family == "sm100":
-        from .kernels.sm100 import can_implement
-
-        return can_implement(cfg)
-    from .kernels.sm120 import can_implement
-
-    return can_implement(cfg)
+    # Each arch package answers without importing CuTe DSL.
+    module = {"sm90": "sm90.support", "sm100": "sm100", "sm120": "sm120"}[family]
+    return importlib.import_module(f".kernels.{module}", __package__).can_implement(cfg)
 
 
 def select(device: torch.device, cfg: CallConfig, backend: str = "auto") -> KernelSpec:

@@ -14,8 +14,6 @@ similarity, relative L1 (sum|a-b| / sum|b|), RMSE and max abs error.
 
 from __future__ import annotations
 
-import inspect
-import math
 from typing import Callable
 
 CASES = ("normal", "outlier", "peaked")
@@ -107,56 +105,37 @@ def exact_attention_torch(q, k, v, causal: bool = False, sm_scale: float | None 
 
 
 def reference_fn() -> tuple[Callable, str]:
-    """``sagecute.reference.attention_exact`` if it exists, else the local one."""
-    try:
-        from sagecute.reference import attention_exact  # type: ignore[attr-defined]
-    except Exception:  # noqa: BLE001
-        return exact_attention_torch, "sagecute.perf.accuracy.exact_attention_torch (fp32)"
+    """The project's exact attention and its name (for the report)."""
+    from sagecute.reference import attention_exact
+
     return attention_exact, "sagecute.reference.attention_exact"
 
 
 def exact_attention(q, k, v, causal=False, sm_scale=None, fn: Callable | None = None):
-    """Call the project's reference with whatever its keyword names are; fall
-    back to ``exact_attention_torch`` if it cannot take these arguments."""
+    """fp32 exact attention via the project reference (``fn``, signature of
+    ``sagecute.reference.attention_exact``); problems too big for its
+    all-scores-at-once matmul go to the row-blocked ``exact_attention_torch``."""
     import torch
 
     fn = fn or reference_fn()[0]
     B, H, Lq = q.shape[:3]
-    # The project reference holds all scores at once; big problems go to the
-    # row-blocked local one (same maths, fp32).
     if fn is exact_attention_torch or B * H * Lq * k.shape[2] > REF_MAX_SCORES:
         return exact_attention_torch(q, k, v, causal, sm_scale)
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        params = {}
-    kw = {}
-    if "compute_dtype" in params:
-        kw["compute_dtype"] = torch.float32
-    causal_name = next((n for n in ("is_causal", "causal") if n in params), None)
-    scale_name = next((n for n in ("sm_scale", "scale", "softmax_scale") if n in params), None)
-    if (causal and causal_name is None) or (sm_scale is not None and scale_name is None):
-        return exact_attention_torch(q, k, v, causal, sm_scale)
-    if causal_name:
-        kw[causal_name] = causal
-    if scale_name and sm_scale is not None:
-        kw[scale_name] = sm_scale
-    try:
-        out = fn(q, k, v, **kw)
-    except Exception:  # noqa: BLE001 - the local reference is the same maths
-        return exact_attention_torch(q, k, v, causal, sm_scale)
-    if isinstance(out, (tuple, list)):
-        out = out[0]
-    return out.float()
+    return fn(q, k, v, is_causal=causal, sm_scale=sm_scale, compute_dtype=torch.float32).float()
 
 
 # ------------------------------------------------------------------ real tensors
 
 def padded_head_dim(d: int) -> int:
-    """Head dim a quantized kernel takes: 64 below 64, 128 between 64 and 128."""
-    if d < 1 or d > 128:
-        raise ValueError(f"head_dim {d} not supported (1..128)")
-    return 64 if d <= 64 else 128
+    """Head dim a quantized kernel takes (``sagecute.reference.padded_head_dim``)."""
+    from sagecute.reference import padded_head_dim as padded
+
+    if d < 1:
+        raise ValueError(f"head_dim must be positive, got {d}")
+    try:
+        return padded(d)
+    except NotImplementedError as e:
+        raise ValueError(str(e)) from None
 
 
 def pad_head_dim(t, d: int):
