@@ -280,6 +280,60 @@ def test_v_fp8_edge_values(kind):
         assert vs[..., 3].eq(0).all() and v8[..., 3, :].view(torch.uint8).eq(0).all()
 
 
+QKV_CASES = [
+    # (b, hq, hkv, lq, lk, d, dtype, layout, gran, smooth_k, k_kind)
+    (2, 8, 2, 1000, 777, 128, BF16, "HND", T, True, "outlier"),
+    (1, 4, 4, 1, 1, 64, FP16, "NHD", W, True, "randn"),
+    (1, 2, 1, 129, 3000, 128, BF16, "strided", B, True, "outlier"),  # splits own 3 blocks: re-reads
+    (1, 4, 4, 8199, 8199, 64, BF16, "HND", T, False, "randn"),
+    (1, 2, 2, 17, 2049, 128, FP16, "NHD", T, True, "fp16max"),
+    (3, 3, 3, 300, 1024, 128, BF16, "NHD", W, True, "zeros_channel"),  # exactly one block per split
+]
+
+
+def _qkv_id(c):
+    b, hq, hkv, lq, lk, d, dtype, layout, gran, smooth, kind = c
+    return f"b{b}-h{hq}/{hkv}-lq{lq}-lk{lk}-d{d}-{str(dtype)[6:]}-{layout}-{gran.value}-{'smooth' if smooth else 'plain'}-{kind}"
+
+
+@pytest.mark.parametrize("case", QKV_CASES, ids=_qkv_id)
+def test_qkv_one_launch_matches_reference(case):
+    """quant_qkv.py: Q, K, V in one launch == the reference quantizers (K given the
+    kernel's own mean, which is within one ulp of torch's: Note [Split K mean])."""
+    b, hq, hkv, lq, lk, d, dtype, layout, gran, smooth_k, kind = case
+    kern = _kernels()
+    q = make_input(b, hq, lq, d, dtype, layout, seed=11)
+    k = make_input(b, hkv, lk, d, dtype, layout, kind=kind, seed=12)
+    v = make_input(b, hkv, lk, d, dtype, layout, kind=kind, seed=13)
+    assert kern.fused_qkv_supported(q, k, v) and kern.launch_path()[0] == "tvm-ffi"
+    q_in, k_in, v_in = (t.clone() for t in (q, k, v))
+    q8, qs, k8, ks, km, v8, vs = kern.quantize_qkv_cute(q, k, v, gran, smooth_k)
+    for before, after in ((q_in, q), (k_in, k), (v_in, v)):
+        assert torch.equal(before, after), "an input was modified"
+    r8, rs = oracle_qk_int8(q, gran, is_k=False)
+    assert_bits_equal(qs, rs, "q_scale")
+    assert_bits_equal(q8, r8, "q_int8")
+    if smooth_k:
+        want = ref.k_mean(k)
+        assert km.shape == want.shape and km.dtype == want.dtype
+        ulp = (want.float().abs() * (2.0 ** -(7 if dtype == BF16 else 10))).clamp_min(1e-30)
+        assert ((km.float() - want.float()).abs() <= ulp).all(), "k_mean off by more than one ulp"
+    else:
+        assert km is None
+    r8, rs = oracle_qk_int8(k, gran, SM90_GEOMETRY, is_k=True, mean=km)
+    assert_bits_equal(ks, rs, "k_scale")
+    assert_bits_equal(k8, r8, "k_int8")
+    r8, rs = oracle_v_fp8(v, SM90_GEOMETRY)
+    assert_finite(vs, v8, ks, qs)
+    assert_bits_equal(vs, rs, "v_scale")
+    assert_bits_equal(v8, r8, "v_fp8")
+    # deterministic: the same bits again
+    again = kern.quantize_qkv_cute(q, k, v, gran, smooth_k)
+    for x, y in zip((q8, qs, k8, ks, km, v8, vs), again):
+        if x is not None:
+            assert torch.equal(_bits(x), _bits(y))
+
+
 def test_e4m3_rounding_and_saturation():
     """Ties to even, subnormals and zero: amax 448 makes inv exactly 1, so the
     payload is e4m3(v) of bf16 values placed on e4m3 rounding midpoints."""
@@ -368,22 +422,38 @@ def test_rejects_bad_input():
 # --------------------------------------------------------------------------
 # timings (python tests/test_preprocess_gpu.py)
 # --------------------------------------------------------------------------
-def _bench(fn, iters=20):
+def _bench(fn, iters=20, graph=False):
+    """us per call: of the call loop (host bound for small problems), or, with
+    ``graph``, of a CUDA graph replaying ``iters`` calls (GPU time only)."""
     for _ in range(3):
         fn()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     torch.cuda.synchronize()
+    run = fn
+    if graph:
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            for _ in range(iters):
+                fn()
+        run, iters_per_run = g.replay, iters
+    else:
+        iters_per_run = 1
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    reps = max(1, iters // iters_per_run)
     start.record()
-    for _ in range(iters):
-        fn()
+    for _ in range(reps):
+        run()
     end.record()
     torch.cuda.synchronize()
-    return start.elapsed_time(end) / iters * 1e3  # us
+    return start.elapsed_time(end) / (reps * iters_per_run) * 1e3
 
 
 def main():
     kern = _kernels()
     print(torch.cuda.get_device_name(), "launch path:", kern.launch_path())
+    src = torch.empty(512 * 2**20, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    us = _bench(lambda: dst.copy_(src), graph=True)
+    print(f"device-to-device copy: {2 * src.numel() / us / 1e6:.2f} TB/s")
     for b, h, hkv, length, d in ((4, 32, 8, 1024, 128), (4, 32, 32, 8192, 128), (1, 32, 8, 1000, 64)):
         q = torch.randn(b, h, length, d, device="cuda", dtype=BF16)
         k = torch.randn(b, hkv, length, d, device="cuda", dtype=BF16)
@@ -394,6 +464,7 @@ def main():
             ("k mean", lambda: kern.k_mean_cute(k), mb(k)),
             ("k int8 smooth (mean+quant)", lambda: kern.quantize_k_int8_cute(k, T, True), mb(k) * 2.5),
             ("v fp8", lambda: kern.quantize_v_fp8_cute(v), mb(v) * 2.5),
+            ("q+k+v one launch", lambda: kern.quantize_qkv_cute(q, k, v, T, True), mb(q, k, v) * 1.5),
             ("torch ref q+k+v", lambda: (ref.quantize_qk_int8(q, T, is_k=False),
                                         ref.quantize_qk_int8(k, T, is_k=True, mean=ref.k_mean(k)),
                                         ref.quantize_v_fp8(v)), None),
@@ -407,6 +478,9 @@ def main():
                 us = _bench(fn)
                 bw = f" {traffic / us:5.2f} TB/s" if traffic else ""
                 line += f"  {path:8s}{us:8.1f}{bw}"
+                if traffic and path == "tvm-ffi":  # GPU time alone
+                    us = _bench(fn, graph=True)
+                    line += f" (graph {us:7.1f} {traffic / us:5.2f} TB/s)"
             print(line)
         kern.set_launch_path(None)
     # host time per call: many calls on a tiny problem

@@ -2,7 +2,7 @@
 
 ``quantize_inputs`` is the one entry the API calls. It uses the CuTe DSL
 kernels of ``preprocess/kernels.py`` when they are importable and the inputs
-are on a GPU, else the torch quantizers of ``sagecute.reference`` (bit-exact
+are on a GPU (Q, K and V in one launch where supported), else the torch quantizers of ``sagecute.reference`` (bit-exact
 with them by contract, docs/kernel-contract.md).
 """
 
@@ -56,9 +56,8 @@ def quantize_inputs(
     scale_max = FP8_SCALE_MAX_FP16_ACCUM if pv_accum is PvAccum.FP32_FP16 else FP8_E4M3_MAX
     cute = _cute_quantizers() if (use_cute is not False and qh.is_cuda) else None
     if cute is not None:
-        q8, qs = cute.quantize_q_int8_cute(qh, granularity)
-        k8, ks, km = cute.quantize_k_int8_cute(kh, granularity, smooth_k)
-        v8, vs = cute.quantize_v_fp8_cute(vh, scale_max=scale_max)
+        # one launch where it can (Q, K, V in ``kernels/common/quant_qkv.py``), else four
+        q8, qs, k8, ks, km, v8, vs = cute.quantize_qkv_cute(qh, kh, vh, granularity, smooth_k, scale_max)
     else:
         km = reference.k_mean(kh) if smooth_k else None
         q8, qs = reference.quantize_qk_int8(qh, granularity, SM90_GEOMETRY, is_k=False)

@@ -21,8 +21,10 @@ geometry, arch) and the launch path (Note [Two launch paths]). Batch, heads,
 seqlen, strides and ``scale_max`` are runtime arguments: a new sequence length
 never recompiles.
 
-K smoothing is two launches (``k_mean_cute`` reads K once, the quantizer reads
-it again); Q is one launch, V is one launch reading V twice.
+``quantize_qkv_cute(q, k, v, gran, smooth_k, scale_max)`` does all three in one
+launch (``kernels/common/quant_qkv.py``) on the TVM-FFI path; the API uses it.
+Standalone, K smoothing is two launches (``k_mean_cute`` reads K once, the
+quantizer reads it again); Q is one launch, V is one launch reading V twice.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from .. import reference
 from ..kernels.common.quant_fp8 import QuantizeVFp8
 from ..kernels.common.quant_int8 import QuantizeInt8
 from ..kernels.common.quant_kmean import KMean
+from ..kernels.common.quant_qkv import QuantizeQKV
 from ..launch_path import LaunchPath, tvm_ffi_available
 from ..quant_layout import FP8_E4M3_MAX, SM90_GEOMETRY, QuantGeometry, QuantGranularity
 
@@ -50,6 +53,8 @@ __all__ = [
     "quantize_k_int8_cute",
     "quantize_v_fp8_cute",
     "k_mean_cute",
+    "quantize_qkv_cute",
+    "fused_qkv_supported",
     "compile_all_preprocess",
     "preprocess_variants",
     "supported_head_dim",
@@ -165,6 +170,23 @@ def _compile_v_fp8_ffi(dtype, head_dim: int, geom: QuantGeometry, arch, extra: s
     )  # fmt: skip
 
 
+# Q, K, V in one launch: TVM-FFI entry only (the pointer path runs the four
+# standalone kernels instead).
+@functools.cache
+def _compile_qkv_ffi(dtype, head_dim: int, gran: QuantGranularity, smooth_k: bool, geom: QuantGeometry, arch, extra=""):
+    op = QuantizeQKV(dtype, head_dim, gran, smooth_k, geom)
+    return cute.compile(
+        op,
+        _fake_in(dtype, head_dim), _fake_in(dtype, head_dim), _fake_in(dtype, head_dim),
+        _fake_out(cutlass.Int8, 4, head_dim), _fake_out(Float32, 3),
+        _fake_out(cutlass.Int8, 4, head_dim), _fake_out(Float32, 3),
+        _fake_out(dtype, 4, head_dim) if smooth_k else None,
+        _fake_out(cutlass.Uint8, 4), _fake_out(Float32, 3, head_dim),
+        Float32(FP8_E4M3_MAX), _ffi_stream(),
+        options=_options(arch, "--enable-tvm-ffi " + extra),
+    )  # fmt: skip
+
+
 def supported_head_dim(head_dim: int) -> bool:
     """Head dims every preprocessing kernel handles (the API pads to 64 / 128).
     256 compiles but the INT8 kernel keeps 32 rows x 8 channels per thread in
@@ -204,6 +226,11 @@ def preprocess_variants(
             yield f"quant_v_fp8-{name}-d{d}", _compile_v_fp8, (dtype, d, geom)
             if ffi:
                 for gran in grans:
+                    yield (f"quant_qkv-{name}-d{d}-{gran.value}-ffi", _compile_qkv_ffi,
+                           (dtype, d, gran, True, geom))  # fmt: skip
+                yield (f"quant_qkv_nosmooth-{name}-d{d}-{grans[-1].value}-ffi", _compile_qkv_ffi,
+                       (dtype, d, grans[-1], False, geom))  # fmt: skip
+                for gran in grans:
                     tag = f"{name}-d{d}-{gran.value}-ffi"
                     yield f"quant_q_int8-{tag}", _compile_int8_ffi, (dtype, d, gran, False, False, geom)
                     yield f"quant_k_int8_smooth-{tag}", _compile_int8_ffi, (dtype, d, gran, True, True, geom)
@@ -222,7 +249,10 @@ def compile_all_preprocess(arch: str, out_dir: str | None = None, quick: bool = 
     without a GPU (plus the TVM-FFI entries where ``tvm_ffi`` is installed).
     ``quick``: bf16, head_dim 128 only. With ``out_dir`` the PTX
     and cubin of each variant are kept under ``out_dir/<name>`` and the summary
-    counts ``PTX_MARKERS``. Failures are reported, not raised."""
+    has the SASS figures (registers, spills, local bytes) and ``PTX_MARKERS``
+    counts. Failures are reported, not raised."""
+    from ..kernels.common import sass_report
+
     if arch not in ARCHS:
         raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
     kwargs = {"dtypes": ("bf16",), "head_dims": (128,)} if quick else {}
@@ -236,13 +266,30 @@ def compile_all_preprocess(arch: str, out_dir: str | None = None, quick: bool = 
                 summary = {}
             else:
                 vdir = os.path.join(out_dir, name)
-                os.makedirs(vdir, exist_ok=True)
-                compiled = fn.__wrapped__(*args, arch, extra=f"--keep-ptx --keep-cubin --dump-dir {vdir}")
-                summary = {"ptx": _ptx_counts(compiled)}
+                with sass_report.keep_artifacts(vdir):
+                    compiled = fn.__wrapped__(*args, arch)
+                summary = _sass_summary(sass_report, vdir)
+                summary["ptx"] = _ptx_counts(compiled)
             results.append(PreprocessCompileResult(name, True, "", time.time() - t0, summary))
         except Exception as e:  # noqa: BLE001 - reported, not raised
             results.append(PreprocessCompileResult(name, False, f"{type(e).__name__}: {e}", time.time() - t0))
     return results
+
+
+def _sass_summary(sass_report, vdir: str) -> dict:
+    """What ``python -m sagecute compile`` prints for a kernel (the attention
+    kernels' columns: registers, spills, local bytes, a few SASS counts)."""
+    cubin = sass_report.find_cubin(vdir)
+    if cubin is None:
+        return {"error": "no cubin was written"}
+    s = sass_report.summarize_cubin(cubin)
+    out = {"registers": s.get("registers"), "local_bytes": s.get("local_bytes", 0)}
+    if "error" in s:
+        out["error"] = s["error"]
+    else:
+        out["spills"] = s["spill_ldl"] + s["spill_stl"]
+        out["sass"] = {k: s[k] for k in ("instructions",) if k in s}
+    return out
 
 
 def _ptx_counts(compiled) -> dict:
@@ -404,3 +451,70 @@ def quantize_v_fp8_cute(v: torch.Tensor, scale_max: float = FP8_E4M3_MAX, geom: 
 
     _launch(ffi, pointer)
     return v_fp8, v_scale
+
+
+def fused_qkv_supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geom: QuantGeometry = SM90_GEOMETRY) -> bool:
+    """Whether ``quantize_qkv_cute`` runs the one-launch kernel for these inputs."""
+    return (
+        q.dtype == k.dtype == v.dtype
+        and q.dtype in _TORCH_TO_CUTE
+        and QuantizeQKV.can_implement(_TORCH_TO_CUTE[q.dtype], q.shape[-1], geom)
+        and k.shape == v.shape
+        and q.shape[-1] == k.shape[-1]
+        and q.shape[0] == k.shape[0]
+        and q.shape[1] % k.shape[1] == 0
+        and min(q.shape[2], k.shape[2], q.shape[0], k.shape[1]) > 0
+    )
+
+
+def quantize_qkv_cute(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    gran,
+    smooth_k: bool,
+    scale_max: float = FP8_E4M3_MAX,
+    geom: QuantGeometry = SM90_GEOMETRY,
+):
+    """Q int8, K (smoothed) int8 and V fp8 -> ``(q_int8, q_scale, k_int8, k_scale,
+    k_mean | None, v_fp8, v_scale)``, each as the standalone quantizers return it.
+
+    One launch (``kernels/common/quant_qkv.py``) on the TVM-FFI path when
+    ``fused_qkv_supported``; otherwise, or on the pointer path, the standalone kernels.
+    """
+    gran = QuantGranularity(gran)
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        _check_input(t, name)
+
+    def standalone():
+        q8, qs = _quantize_int8(q, gran, False, None, geom)
+        k8, ks, km = quantize_k_int8_cute(k, gran, smooth_k, geom)
+        v8, vs = quantize_v_fp8_cute(v, scale_max, geom)
+        return q8, qs, k8, ks, km, v8, vs
+
+    if not fused_qkv_supported(q, k, v, geom) or _PATH.current()[0] != "tvm-ffi":
+        return standalone()
+    qa, ka, va = _aligned(q), _aligned(k), _aligned(v)
+    b, hq, lq, d = q.shape
+    hkv, lk = k.shape[1], k.shape[2]
+    dev = q.device
+    out = (
+        torch.empty((b, hq, lq, d), dtype=torch.int8, device=dev),
+        torch.empty((b, hq, geom.num_q_scales(lq, gran)), dtype=torch.float32, device=dev),
+        torch.empty((b, hkv, lk, d), dtype=torch.int8, device=dev),
+        torch.empty((b, hkv, geom.num_k_scales(lk, gran)), dtype=torch.float32, device=dev),
+        torch.empty((b, hkv, 1, d), dtype=q.dtype, device=dev) if smooth_k else None,
+        torch.empty((b, hkv, d, geom.padded_kv_len(lk)), dtype=torch.float8_e4m3fn, device=dev),
+        torch.empty((b, hkv, d), dtype=torch.float32, device=dev),
+    )
+    q8, qs, k8, ks, km, v8, vs = out
+    result = []
+
+    def ffi():
+        _compile_qkv_ffi(_TORCH_TO_CUTE[q.dtype], d, gran, bool(smooth_k), geom, None)(
+            qa, ka, va, q8, qs, k8, ks, km, v8.view(torch.uint8), vs, float(scale_max)
+        )
+        result.append(out)
+
+    _PATH.launch(ffi, lambda: result.append(standalone()))
+    return result[0]

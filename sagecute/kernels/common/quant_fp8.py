@@ -43,6 +43,12 @@ def _perm_words() -> list[tuple[int, int, int, int]]:
     return [tuple(V_TOKEN_PERM[4 * w + b] for b in range(4)) for w in range(GROUP // 4)]
 
 
+def channel_inv(amax: Float32, scale_max: Float32) -> Float32:
+    """``scale_max / amax`` (``div.rn``); an all-zero channel gets 0 (payload 0), not
+    ``scale_max / 0``. The channel's ``v_scale`` is ``div_rn(amax, scale_max)``."""
+    return Float32(cutlass.select_(amax > Float32(0.0), div_rn(scale_max, amax), Float32(0.0)))
+
+
 class QuantizeVFp8:
     """Per-channel FP8 V quantizer for one (dtype, head_dim, geometry)."""
 
@@ -146,8 +152,7 @@ class QuantizeVFp8:
             m = s_partial[tid, 0]
             for other_warp in cutlass.range_constexpr(1, NUM_WARPS):
                 m = cute.arch.fmax(m, s_partial[tid, other_warp])
-            # an all-zero channel gets inv 0 (payload 0), not 448 / 0
-            s_inv[tid] = Float32(cutlass.select_(m > Float32(0.0), div_rn(scale_max, m), Float32(0.0)))
+            s_inv[tid] = channel_inv(m, scale_max)
             gmem_vec(v_scale, scale_off, 1, 1)[0] = div_rn(m, scale_max)
         cute.arch.sync_threads()
         rInv = cute.make_rmem_tensor(cute.make_layout(VEC), Float32)
@@ -158,23 +163,37 @@ class QuantizeVFp8:
         padded_len = (seqlen + self.blk_k - 1) // self.blk_k * self.blk_k
         words_per_row = padded_len // 4
         rX = cute.make_rmem_tensor(cute.make_layout((VEC, GROUP)), self.dtype)  # (channel, token)
-        rOut = cute.make_rmem_tensor(cute.make_layout(GROUP // 4), Int32)
         for group in cutlass.range(token_lane, padded_len // GROUP, TOKEN_LANES):
-            tok0 = group * GROUP
-            rX.fill(0.0)
-            for j in cutlass.range_constexpr(GROUP):
-                if tok0 + j < seqlen:
-                    rX[None, j].store(gmem_vec(v, base + Int64(tok0 + j) * stride_l, VEC, VEC).load())
-            for e in cutlass.range_constexpr(VEC):
-                for w in cutlass.range_constexpr(GROUP // 4):
-                    t = self.perm_words[w]
-                    rOut[w] = pack_e4m3x4(
-                        rX[e, t[0]].to(Float32) * rInv[e],
-                        rX[e, t[1]].to(Float32) * rInv[e],
-                        rX[e, t[2]].to(Float32) * rInv[e],
-                        rX[e, t[3]].to(Float32) * rInv[e],
-                    )
-                row = bh * Int64(self.head_dim) + Int64(col + e)
-                gmem_vec(v_fp8, row * Int64(words_per_row) + Int64(group * (GROUP // 4)), GROUP // 4, 4).store(
-                    rOut.load()
+            self.load_group(rX, v, base, stride_l, group, seqlen)
+            self.store_group(rX, rInv, v_fp8, bh * Int64(self.head_dim) + Int64(col), group, words_per_row)
+
+    # ============================================================ device pieces
+    # @cute.jit methods inlined into a kernel (this one and ``quant_qkv.QuantizeQKV``).
+    @cute.jit
+    def load_group(self, rX: cute.Tensor, v: cute.Pointer, base: Int64, stride_l: Int64, group, seqlen):
+        """Into ``rX`` (channel, token): tokens ``16 group .. 16 group + 15`` of the 8
+        channels at ``base``; tokens >= ``seqlen`` read as zero."""
+        tok0 = group * GROUP
+        rX.fill(0.0)
+        for j in cutlass.range_constexpr(GROUP):
+            if tok0 + j < seqlen:
+                rX[None, j].store(gmem_vec(v, base + Int64(tok0 + j) * stride_l, VEC, VEC).load())
+
+    @cute.jit
+    def store_group(self, rX: cute.Tensor, rInv: cute.Tensor, v_fp8: cute.Pointer, row0: Int64, group, words_per_row):
+        """``rX * rInv`` in e4m3, permuted (Note [V token permutation]), as one 16-byte
+        store into each of the rows ``row0 .. row0 + 7`` of the [.., D, Lpad] output."""
+        rOut = cute.make_rmem_tensor(cute.make_layout(GROUP // 4), Int32)
+        for e in cutlass.range_constexpr(VEC):
+            for w in cutlass.range_constexpr(GROUP // 4):
+                t = self.perm_words[w]
+                rOut[w] = pack_e4m3x4(
+                    rX[e, t[0]].to(Float32) * rInv[e],
+                    rX[e, t[1]].to(Float32) * rInv[e],
+                    rX[e, t[2]].to(Float32) * rInv[e],
+                    rX[e, t[3]].to(Float32) * rInv[e],
                 )
+            row = row0 + Int64(e)
+            gmem_vec(v_fp8, row * Int64(words_per_row) + Int64(group * (GROUP // 4)), GROUP // 4, 4).store(
+                rOut.load()
+            )

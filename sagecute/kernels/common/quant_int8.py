@@ -39,7 +39,7 @@ from cutlass import Float32, Int32, Int64, const_expr
 from cutlass.cutlass_dsl import Numeric
 
 from ...quant_layout import INT8_AMAX_FLOOR, INT8_MAX, QuantGeometry, QuantGranularity
-from .quant_math import div_rn, gmem_vec, quantize_int8x4, warp_max_bfly
+from .quant_math import div_rn, gmem_vec, quantize_int8x4, warp_max_bfly, widen_f32
 
 VEC = 8  # 16-byte vectors of bf16/fp16
 
@@ -183,29 +183,56 @@ class QuantizeInt8:
     ):
         tid, _, _ = cute.arch.thread_idx()
         blk_idx, head, batch = cute.arch.block_idx()
-        blk, tpr, rpp, rpt = self.blk, self.threads_per_row, self.rows_per_pass, self.rows_per_thread
-        col = (tid % tpr) * VEC
-        row_in_pass = tid // tpr
-        row0 = blk_idx * blk
-
         smem = cutlass.memory.SmemAllocator()
-        s_row_amax = smem.allocate_tensor(Float32, cute.make_layout(blk), byte_alignment=16)
-        s_partial = smem.allocate_tensor(Float32, cute.make_layout(blk), byte_alignment=16)
-        s_inv = smem.allocate_tensor(Float32, cute.make_layout(blk), byte_alignment=16)
-
-        # 1. load: rows row0 + row_in_pass + rpp * i, channels col .. col + 7
-        x_base = Int64(batch) * stride_b + Int64(head) * stride_h + Int64(col)
-        rX = cute.make_rmem_tensor(cute.make_layout((VEC, rpt)), self.dtype)  # (VEC, rpt)
-        rX.fill(0.0)
-        for i in cutlass.range_constexpr(rpt):
-            row = row0 + row_in_pass + rpp * i
-            if row < seqlen:
-                rX[None, i].store(gmem_vec(x, x_base + Int64(row) * stride_l, VEC, VEC).load())
+        s_block = self.allocate_smem(smem)
+        x_base = Int64(batch) * stride_b + Int64(head) * stride_h
+        rX = cute.make_rmem_tensor(cute.make_layout((VEC, self.rows_per_thread)), self.dtype)
+        self.load_rows(rX, x, x_base, stride_l, blk_idx, seqlen, tid)
         mean_f32 = cute.make_rmem_tensor(cute.make_layout(VEC), Float32)
         mean_f32.fill(0.0)
         if const_expr(self.has_mean):
-            m_off = Int64(batch) * mean_stride_b + Int64(head) * mean_stride_h + Int64(col)
+            m_off = Int64(batch) * mean_stride_b + Int64(head) * mean_stride_h + Int64(self.col(tid))
             mean_f32.store(gmem_vec(mean, m_off, VEC, VEC).load().to(Float32))
+        bh = Int64(batch) * Int64(num_heads) + Int64(head)
+        self.quantize_rows(rX, mean_f32, x_int8, scale, bh, blk_idx, seqlen, tid, s_block)
+
+    # ============================================================ device pieces
+    # @cute.jit methods inlined into a kernel (this one and ``quant_qkv.QuantizeQKV``).
+    def col(self, tid):
+        """First of the 8 channels thread ``tid`` owns."""
+        return (tid % self.threads_per_row) * VEC
+
+    def allocate_smem(self, smem) -> tuple:
+        """(row_amax, partial, inv), ``blk`` fp32 each."""
+        return tuple(
+            smem.allocate_tensor(Float32, cute.make_layout(self.blk), byte_alignment=16) for _ in range(3)
+        )
+
+    @cute.jit
+    def load_rows(self, rX: cute.Tensor, x: cute.Pointer, x_base: Int64, stride_l: Int64, blk_idx, seqlen, tid):
+        """Step 1 into ``rX`` (VEC, rpt): rows ``blk_idx * blk + tid // tpr + rpp * i`` of
+        the (batch, head) at ``x_base``, this thread's 8 channels; rows past ``seqlen``
+        read as zero."""
+        rpp, rpt = self.rows_per_pass, self.rows_per_thread
+        row0 = blk_idx * self.blk + tid // self.threads_per_row
+        base = x_base + Int64(self.col(tid))
+        rX.fill(0.0)
+        for i in cutlass.range_constexpr(rpt):
+            if row0 + rpp * i < seqlen:
+                rX[None, i].store(gmem_vec(x, base + Int64(row0 + rpp * i) * stride_l, VEC, VEC).load())
+
+    @cute.jit
+    def quantize_rows(
+        self, rX: cute.Tensor, mean_f32: cute.Tensor, x_int8: cute.Pointer, scale: cute.Pointer,
+        bh: Int64, blk_idx, seqlen, tid, s_block: tuple,
+    ):  # fmt: skip
+        """Steps 2-4 for the block ``load_rows`` read: scales of (batch*heads + head)
+        ``bh`` and its int8 rows. Ends with the CTA's smem free again."""
+        blk, tpr, rpp, rpt = self.blk, self.threads_per_row, self.rows_per_pass, self.rows_per_thread
+        s_row_amax, s_partial, s_inv = s_block
+        col = self.col(tid)
+        row_in_pass = tid // tpr
+        row0 = blk_idx * blk
 
         # 2. row amax over |x - mean|; padding rows count as 0
         for i in cutlass.range_constexpr(rpt):
@@ -233,24 +260,30 @@ class QuantizeInt8:
         s_inv[tid] = div_rn(Float32(INT8_MAX), amax)
         if (tid & self.group_mask) == 0:
             n_scales = ((seqlen + blk - 1) // blk) * self.scales_per_block
-            s_off = (Int64(batch) * Int64(num_heads) + Int64(head)) * Int64(n_scales)
+            s_off = bh * Int64(n_scales)
             s_off = s_off + Int64(blk_idx * self.scales_per_block + _squeeze(tid, self.group_mask, self.blk_bits))
             gmem_vec(scale, s_off, 1, 1)[0] = div_rn(amax, Float32(INT8_MAX))
         cute.arch.sync_threads()
 
         # 4. quantize from registers, 8 int8 = 2 words per row
         words_per_row = self.head_dim // 4
-        o_base = (Int64(batch) * Int64(num_heads) + Int64(head)) * Int64(seqlen) * Int64(words_per_row)
+        o_base = bh * Int64(seqlen) * Int64(words_per_row)
         rOut = cute.make_rmem_tensor(cute.make_layout(2), Int32)
         for i in cutlass.range_constexpr(rpt):
             row = row0 + row_in_pass + rpp * i
             if row < seqlen:
                 inv = s_inv[row_in_pass + rpp * i]
-                xf = self._smoothed(rX, i, mean_f32)
-                rOut[0] = quantize_int8x4(xf[0], xf[1], xf[2], xf[3], inv)
-                rOut[1] = quantize_int8x4(xf[4], xf[5], xf[6], xf[7], inv)
+                # widen_f32: not merged with step 2's conversions (fewer live registers)
+                xq = [self._minus_mean(widen_f32(rX[e, i]), mean_f32, e) for e in range(VEC)]
+                rOut[0] = quantize_int8x4(xq[0], xq[1], xq[2], xq[3], inv)
+                rOut[1] = quantize_int8x4(xq[4], xq[5], xq[6], xq[7], inv)
                 o_off = o_base + Int64(row) * Int64(words_per_row) + Int64(col // 4)
                 gmem_vec(x_int8, o_off, 2, 2).store(rOut.load())
+        # the next block's step 2 rewrites s_row_amax / s_inv
+        cute.arch.sync_threads()
+
+    def _minus_mean(self, x: Float32, mean_f32: cute.Tensor, e: int) -> Float32:
+        return x - mean_f32[e] if const_expr(self.has_mean) else x
 
     def _smoothed(self, rX: cute.Tensor, i: int, mean_f32: cute.Tensor):
         """fp32 ``x - mean`` (or ``x``) of the thread's ``i``-th row: (VEC,) TensorSSA."""

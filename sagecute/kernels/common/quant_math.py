@@ -25,6 +25,7 @@ called while a kernel is traced (inlined; nothing is a separate ``@cute.jit``).
 
 from __future__ import annotations
 
+import cutlass
 import cutlass.cute as cute
 from cutlass import Float32, Int32, Int64
 from cutlass._mlir.dialects import llvm
@@ -112,3 +113,29 @@ def gmem_vec(ptr: cute.Pointer, offset: Int64, n: int, align_elems: int) -> cute
     """``n`` contiguous elements at ``ptr + offset``; ``offset`` is promised to be a
     multiple of ``align_elems`` so loads/stores through it vectorize."""
     return cute.make_tensor(ptr + cute.assume(offset, divby=align_elems), cute.make_layout(n))
+
+
+@dsl_user_op
+def ld_shared_cluster_f32(remote: cute.Pointer, *, loc=None, ip=None) -> Float32:
+    """fp32 load from another CTA's shared memory (``remote`` from
+    ``cute.arch.map_dsmem_ptr``). Has side effects so it is never moved above the
+    cluster barrier that publishes the value."""
+    addr = Int32(remote.toint(loc=loc, ip=ip))
+    return Float32(
+        llvm.inline_asm(
+            T.f32(), [addr.ir_value(loc=loc, ip=ip)], "ld.shared::cluster.f32 $0, [$1];", "=f,r",
+            has_side_effects=True, is_align_stack=False,
+        )
+    )  # fmt: skip
+
+
+@dsl_user_op
+def widen_f32(x, *, loc=None, ip=None) -> Float32:
+    """bf16/fp16 -> fp32 (exact) through inline PTX. Same value as ``.to(Float32)``,
+    but the compiler cannot merge it with an earlier conversion of the same
+    register: the INT8 quantizers convert a row once for its amax and again to
+    quantize it, instead of keeping every fp32 copy live across the block's
+    barriers (Note [Bit-exact quantizer arithmetic] is unaffected: both are exact)."""
+    src = "bf16" if isinstance(x, cutlass.BFloat16) else "f16"
+    bits = llvm.bitcast(T.i16(), x.ir_value(loc=loc, ip=ip), loc=loc, ip=ip)
+    return Float32(_asm(T.f32(), f"cvt.f32.{src} $0, $1;", "=f,h", [bits]))

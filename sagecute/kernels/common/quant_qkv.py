@@ -1,0 +1,320 @@
+"""Q, K and V preprocessing of one attention call in ONE launch.
+
+Replaces the four launches of the standalone quantizers (Q int8, K mean, K int8,
+V fp8) on the sm90 path. 128 threads per CTA, grid ``(2 C + ceil(nq / C) C, Hq, B)``
+in clusters of ``C = CLUSTER`` CTAs along x; x picks the CTA's role:
+
+  ``[0, C)``    K split ``s``: 128-token blocks ``s, s + C, ...`` of one (batch, kv head)
+  ``[C, 2C)``   V split ``s``: the same blocks of V
+  ``[2C, ..)``  Q: block ``x - 2C`` of one (batch, q head), as ``QuantizeInt8``
+
+K/V clusters of heads >= Hkv (GQA) leave at once; a cluster's CTAs always take the
+same branch, so no cluster barrier waits on a CTA that left.
+
+K (Note [Split K mean]): pass 1 loads the split's blocks (``QuantizeInt8.load_rows``)
+and sums their columns; pass 2 quantizes them in reverse order, so the block loaded
+last is still in registers and earlier ones are re-read, most recently read first
+(L2). K is read once when ``Lk <= C * 128`` and at most twice beyond.
+
+V: pass 1 takes per-channel amax over the split's blocks
+(``QuantizeVFp8.load_group``), the splits' maxima meet through distributed shared
+memory like K's sums (max is exact in any order), then pass 2 quantizes in reverse
+order (``QuantizeVFp8.store_group``). Same read counts as K.
+
+Numerics: Note [Bit-exact quantizer arithmetic] in ``quant_math.py``; payloads and
+scales equal the standalone kernels' (and the reference's) given the same mean.
+CUDA cores and cluster barriers only: compiles for sm_90a, sm_100a and sm_120a.
+
+Note [Split K mean]
+-------------------
+Each split sums its rows in fp32 (per thread in row order, then a butterfly over
+the lanes sharing a channel, then the 4 warps in order) into smem. After a
+cluster barrier every CTA of the (batch, head) adds the C split sums in rank
+order through DSMEM, so all CTAs, and all runs, get the same bits; ``mean = sum /
+Lk`` (``div.rn``) rounded to K's dtype is both what the quantizer subtracts and
+what rank 0 stores as ``k_mean`` for the LSE correction. The sum order differs from
+torch's ``k.mean`` (Note [K mean summation order] in ``quant_kmean.py``): the mean
+may differ from the reference by one unit in the last place, which changes no
+result beyond that (any per-head constant is an exact smoothing).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Type
+
+import cuda.bindings.driver as cuda
+import cutlass
+import cutlass.cute as cute
+from cutlass import Float32, Int32, Int64, const_expr
+from cutlass.cutlass_dsl import Numeric
+
+from ...quant_layout import QuantGeometry, QuantGranularity
+from .quant_fp8 import GROUP, QuantizeVFp8, channel_inv
+from .quant_int8 import QuantizeInt8
+from .quant_math import div_rn, gmem_vec, ld_shared_cluster_f32, warp_max_bfly, warp_sum_bfly
+
+VEC = 8
+NUM_THREADS = 128
+NUM_WARPS = NUM_THREADS // 32
+CLUSTER = 8  # K/V splits per (batch, head); portable cluster size limit
+
+
+class QuantizeQKV:
+    """Q int8, K (smoothed) int8 and V fp8 for one (dtype, head_dim, granularity,
+    smooth_k, geometry) in one launch."""
+
+    def __init__(
+        self, dtype: Type[Numeric], head_dim: int, gran: QuantGranularity, smooth_k: bool, geom: QuantGeometry
+    ):
+        if not self.can_implement(dtype, head_dim, geom):
+            raise ValueError(f"unsupported fused QKV quantizer config: {dtype}, head_dim={head_dim}, {geom}")
+        self.dtype = dtype
+        self.head_dim = head_dim
+        self.smooth_k = smooth_k
+        self.blk = geom.blk_k
+        self.q_quant = QuantizeInt8(dtype, head_dim, gran, False, False, geom)
+        self.k_quant = QuantizeInt8(dtype, head_dim, gran, True, smooth_k, geom)
+        self.v_quant = QuantizeVFp8(dtype, head_dim, geom)
+        self.vecs_per_row = head_dim // VEC
+        self.groups_per_block = self.blk // GROUP
+
+    @staticmethod
+    def can_implement(dtype, head_dim: int, geom: QuantGeometry) -> bool:
+        # one 128-row block per CTA of 128 threads for Q and K; V's (group, channel
+        # vector) items of a block fit the CTA
+        return (
+            dtype in (cutlass.BFloat16, cutlass.Float16)
+            and head_dim in (64, 128)
+            and geom.blk_q == geom.blk_k == NUM_THREADS
+            and (geom.blk_k // GROUP) * (head_dim // VEC) <= NUM_THREADS
+        )
+
+    # ============================================================ host
+    @cute.jit
+    def __call__(
+        self,
+        mQ: cute.Tensor,  # dtype (B, Hq, Lq, D), strides divisible by 8, unit last stride
+        mK: cute.Tensor,  # dtype (B, Hkv, Lk, D), likewise
+        mV: cute.Tensor,  # dtype (B, Hkv, Lk, D), likewise
+        mQ8: cute.Tensor,  # int8 (B, Hq, Lq, D) contiguous
+        mQs: cute.Tensor,  # fp32 (B, Hq, nq) contiguous
+        mK8: cute.Tensor,  # int8 (B, Hkv, Lk, D) contiguous
+        mKs: cute.Tensor,  # fp32 (B, Hkv, nk) contiguous
+        mKm: Optional[cute.Tensor],  # dtype (B, Hkv, 1, D) contiguous, smooth_k only
+        mV8: cute.Tensor,  # uint8 view of e4m3 (B, Hkv, D, Lpad) contiguous
+        mVs: cute.Tensor,  # fp32 (B, Hkv, D) contiguous
+        scale_max: Float32,
+        stream: cuda.CUstream,
+    ):
+        q_blocks = (mQ.shape[2] + self.blk - 1) // self.blk
+        q_ctas = (q_blocks + CLUSTER - 1) // CLUSTER * CLUSTER
+        self.kernel(mQ, mK, mV, mQ8, mQs, mK8, mKs, mKm, mV8, mVs, scale_max).launch(
+            grid=[2 * CLUSTER + q_ctas, mQ.shape[1], mQ.shape[0]],
+            block=[NUM_THREADS, 1, 1],
+            cluster=[CLUSTER, 1, 1],
+            smem=self.smem_bytes(),
+            stream=stream,
+        )
+
+    def smem_bytes(self) -> int:
+        d = self.head_dim
+        return 3 * self.blk * 4 + d * NUM_WARPS * 4 + 2 * d * 4 + d * 2 + 5 * 16
+
+    # ============================================================ device
+    @cute.kernel
+    def kernel(
+        self,
+        mQ: cute.Tensor,
+        mK: cute.Tensor,
+        mV: cute.Tensor,
+        mQ8: cute.Tensor,
+        mQs: cute.Tensor,
+        mK8: cute.Tensor,
+        mKs: cute.Tensor,
+        mKm: Optional[cute.Tensor],
+        mV8: cute.Tensor,
+        mVs: cute.Tensor,
+        scale_max: Float32,
+    ):
+        tid, _, _ = cute.arch.thread_idx()
+        x, head, batch = cute.arch.block_idx()
+        smem = cutlass.memory.SmemAllocator()
+        s_block = self.k_quant.allocate_smem(smem)  # the int8 quantizers' block scratch
+        s_warp = smem.allocate_tensor(Float32, cute.make_layout((self.head_dim, NUM_WARPS)), byte_alignment=16)
+        s_split = smem.allocate_tensor(Float32, cute.make_layout(self.head_dim), byte_alignment=16)
+        s_chan = smem.allocate_tensor(Float32, cute.make_layout(self.head_dim), byte_alignment=16)
+        s_mean = smem.allocate_tensor(self.dtype, cute.make_layout(self.head_dim), byte_alignment=16)
+
+        role = x // CLUSTER
+        split = x % CLUSTER
+        if role == 0:
+            if head < mK.shape[1]:
+                self.k_split(mK, mK8, mKs, mKm, batch, head, split, tid, s_block, s_warp, s_split, s_mean)
+        elif role == 1:
+            if head < mV.shape[1]:
+                self.v_split(mV, mV8, mVs, scale_max, batch, head, split, tid, s_warp, s_split, s_chan)
+        else:
+            self.q_block(mQ, mQ8, mQs, batch, head, x - 2 * CLUSTER, tid, s_block)
+
+    @cute.jit
+    def q_block(self, mQ: cute.Tensor, mQ8: cute.Tensor, mQs: cute.Tensor, batch, head, blk_idx, tid, s_block):
+        if blk_idx * self.blk < mQ.shape[2]:
+            base = Int64(batch) * Int64(mQ.stride[0]) + Int64(head) * Int64(mQ.stride[1])
+            rX = cute.make_rmem_tensor(cute.make_layout((VEC, self.q_quant.rows_per_thread)), self.dtype)
+            self.q_quant.load_rows(rX, mQ.iterator, base, Int64(mQ.stride[2]), blk_idx, mQ.shape[2], tid)
+            no_mean = cute.make_rmem_tensor(cute.make_layout(VEC), Float32)
+            no_mean.fill(0.0)
+            bh = Int64(batch) * Int64(mQ.shape[1]) + Int64(head)
+            self.q_quant.quantize_rows(
+                rX, no_mean, cute.recast_ptr(mQ8.iterator, dtype=Int32), mQs.iterator, bh, blk_idx, mQ.shape[2], tid,
+                s_block,
+            )  # fmt: skip
+
+    @cute.jit
+    def k_split(
+        self, mK: cute.Tensor, mK8: cute.Tensor, mKs: cute.Tensor, mKm: Optional[cute.Tensor],
+        batch, head, split, tid, s_block, s_warp: cute.Tensor, s_split: cute.Tensor, s_mean: cute.Tensor,
+    ):  # fmt: skip
+        seqlen = mK.shape[2]
+        n_mine = self.blocks_of_split(seqlen, split)
+        base = Int64(batch) * Int64(mK.stride[0]) + Int64(head) * Int64(mK.stride[1])
+        stride_l = Int64(mK.stride[2])
+        rX = cute.make_rmem_tensor(cute.make_layout((VEC, self.k_quant.rows_per_thread)), self.dtype)
+        mean_f32 = cute.make_rmem_tensor(cute.make_layout(VEC), Float32)
+        mean_f32.fill(0.0)
+        if const_expr(self.smooth_k):
+            # pass 1: column sums of the split's blocks (Note [Split K mean])
+            acc = cute.make_rmem_tensor(cute.make_layout(VEC), Float32)
+            acc.fill(0.0)
+            for i in cutlass.range(n_mine):
+                self.k_quant.load_rows(rX, mK.iterator, base, stride_l, split + i * CLUSTER, seqlen, tid)
+                for r in cutlass.range_constexpr(self.k_quant.rows_per_thread):
+                    acc.store(acc.load() + rX[None, r].load().to(Float32))
+            self.reduce_columns(acc, tid, s_warp, s_split, is_max=False)
+            total = self.gather_splits(s_split, tid, is_max=False)
+            self.publish_mean(total, seqlen, mKm, batch, head, split, tid, s_mean)
+            col = self.k_quant.col(tid)
+            for e in cutlass.range_constexpr(VEC):
+                mean_f32[e] = s_mean[col + e].to(Float32)
+        # pass 2, last loaded first (it is still in rX)
+        bh = Int64(batch) * Int64(mK.shape[1]) + Int64(head)
+        k8 = cute.recast_ptr(mK8.iterator, dtype=Int32)
+        for t in cutlass.range(n_mine):
+            blk_idx = split + (n_mine - 1 - t) * CLUSTER
+            if const_expr(self.smooth_k):
+                if t > 0:
+                    self.k_quant.load_rows(rX, mK.iterator, base, stride_l, blk_idx, seqlen, tid)
+            else:
+                self.k_quant.load_rows(rX, mK.iterator, base, stride_l, blk_idx, seqlen, tid)
+            self.k_quant.quantize_rows(rX, mean_f32, k8, mKs.iterator, bh, blk_idx, seqlen, tid, s_block)
+        if const_expr(self.smooth_k):
+            cute.arch.cluster_wait()  # no CTA leaves while another still reads its s_split
+
+    @cute.jit
+    def v_split(
+        self, mV: cute.Tensor, mV8: cute.Tensor, mVs: cute.Tensor, scale_max: Float32,
+        batch, head, split, tid, s_warp: cute.Tensor, s_split: cute.Tensor, s_chan: cute.Tensor,
+    ):  # fmt: skip
+        seqlen = mV.shape[2]
+        n_mine = self.blocks_of_split(seqlen, split)
+        # item ``tid``: 16-token group ``tid // vecs_per_row`` of a block, channel vector ``tid % vecs_per_row``
+        active = tid < self.groups_per_block * self.vecs_per_row
+        cvec = tid % self.vecs_per_row
+        group_in_block = tid // self.vecs_per_row
+        base = Int64(batch) * Int64(mV.stride[0]) + Int64(head) * Int64(mV.stride[1]) + Int64(cvec * VEC)
+        stride_l = Int64(mV.stride[2])
+        rX = cute.make_rmem_tensor(cute.make_layout((VEC, GROUP)), self.dtype)  # (channel, token)
+        rX.fill(0.0)
+        # pass 1: per-channel amax of the split's blocks
+        amax = cute.make_rmem_tensor(cute.make_layout(VEC), Float32)
+        amax.fill(0.0)
+        for i in cutlass.range(n_mine):
+            if active:
+                group = (split + i * CLUSTER) * self.groups_per_block + group_in_block
+                self.v_quant.load_group(rX, mV.iterator, base, stride_l, group, seqlen)
+                for e in cutlass.range_constexpr(VEC):
+                    for j in cutlass.range_constexpr(GROUP):
+                        amax[e] = cute.arch.fmax(amax[e], abs(rX[e, j].to(Float32)))
+        self.reduce_columns(amax, tid, s_warp, s_split, is_max=True)
+        m = self.gather_splits(s_split, tid, is_max=True)
+        bh = Int64(batch) * Int64(mV.shape[1]) + Int64(head)
+        dim = self.head_dim
+        if tid < dim:
+            s_chan[tid] = channel_inv(m, scale_max)
+            if split == 0:
+                gmem_vec(mVs.iterator, bh * Int64(dim) + Int64(tid), 1, 1)[0] = div_rn(m, scale_max)
+        cute.arch.sync_threads()
+        rInv = cute.make_rmem_tensor(cute.make_layout(VEC), Float32)
+        for e in cutlass.range_constexpr(VEC):
+            rInv[e] = s_chan[cvec * VEC + e]
+        # pass 2, last loaded first (it is still in rX)
+        padded_len = (seqlen + self.blk - 1) // self.blk * self.blk
+        row0 = bh * Int64(self.head_dim) + Int64(cvec * VEC)
+        v8 = cute.recast_ptr(mV8.iterator, dtype=Int32)
+        for t in cutlass.range(n_mine):
+            if active:
+                group = (split + (n_mine - 1 - t) * CLUSTER) * self.groups_per_block + group_in_block
+                if t > 0:
+                    self.v_quant.load_group(rX, mV.iterator, base, stride_l, group, seqlen)
+                self.v_quant.store_group(rX, rInv, v8, row0, group, padded_len // 4)
+        cute.arch.cluster_wait()  # no CTA leaves while another still reads its s_split
+
+    @cute.jit
+    def publish_mean(self, total: Float32, seqlen, mKm: cute.Tensor, batch, head, split, tid, s_mean: cute.Tensor):
+        """``mean = total / seqlen`` in K's dtype into ``s_mean``; rank 0 also stores it."""
+        dim = self.head_dim
+        if tid < dim:
+            s_mean[tid] = div_rn(total, Float32(seqlen)).to(self.dtype)
+            if split == 0:
+                off = (Int64(batch) * Int64(mKm.shape[1]) + Int64(head)) * Int64(dim) + Int64(tid)
+                gmem_vec(mKm.iterator, off, 1, 1)[0] = s_mean[tid]
+        cute.arch.sync_threads()
+
+    # ------------------------------------------------------------ split helpers
+    def blocks_of_split(self, seqlen, split):
+        """How many of the ``ceil(seqlen / blk)`` blocks split ``split`` owns."""
+        n_blocks = (seqlen + self.blk - 1) // self.blk
+        return (n_blocks - split + CLUSTER - 1) // CLUSTER
+
+    @cute.jit
+    def reduce_columns(self, vals: cute.Tensor, tid, s_warp: cute.Tensor, s_split: cute.Tensor, is_max: cutlass.Constexpr):
+        """``vals`` (VEC) holds channels ``(tid % vecs_per_row) * 8 ..`` of this thread's
+        rows: sum (or max) them over the CTA into ``s_split`` (head_dim), in a fixed order:
+        butterfly over the lanes of a channel vector, then the warps in order."""
+        lane, warp = tid % 32, tid // 32
+        col = (tid % self.vecs_per_row) * VEC
+        lanes_mask = 31 & ~(self.vecs_per_row - 1)
+        for e in cutlass.range_constexpr(VEC):
+            if const_expr(is_max):
+                v = warp_max_bfly(vals[e], lanes_mask)
+            else:
+                v = warp_sum_bfly(vals[e], lanes_mask)
+            if lane < self.vecs_per_row:
+                s_warp[col + e, warp] = v
+        cute.arch.sync_threads()
+        if tid < self.head_dim:
+            v = s_warp[tid, 0]
+            for w in cutlass.range_constexpr(1, NUM_WARPS):
+                if const_expr(is_max):
+                    v = cute.arch.fmax(v, s_warp[tid, w])
+                else:
+                    v = v + s_warp[tid, w]
+            s_split[tid] = v
+
+    @cute.jit
+    def gather_splits(self, s_split: cute.Tensor, tid, is_max: cutlass.Constexpr) -> Float32:
+        """Channel ``tid``'s sum (or max) over the cluster's splits, in rank order
+        (threads >= head_dim get 0). Arrives on the cluster barrier once it has read:
+        the caller waits on it before leaving."""
+        cute.arch.cluster_arrive()  # s_split written (release)
+        cute.arch.cluster_wait()  # every split's s_split written (acquire)
+        v = Float32(0.0)
+        if tid < self.head_dim:
+            for rank in cutlass.range_constexpr(CLUSTER):
+                remote = ld_shared_cluster_f32(cute.arch.map_dsmem_ptr(s_split.iterator + tid, Int32(rank)))
+                if const_expr(is_max):
+                    v = cute.arch.fmax(v, remote)
+                else:
+                    v = v + remote
+        cute.arch.cluster_arrive()  # done reading the other splits' s_split
+        return v
