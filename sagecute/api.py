@@ -8,8 +8,10 @@ asks ``dispatch`` which implementation runs, and wraps the call in a
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -144,23 +146,21 @@ def _run_sdpa(q, k, v, layout, is_causal, sm_scale, return_lse, attn_mask):
     return o, lse
 
 
-def _alloc_like_input(q: torch.Tensor, layout: str, head_dim: int) -> torch.Tensor:
-    """Output [B,H,L,D] HND view backed by memory in the caller's layout."""
-    b, hq, lq = reference.to_hnd(q, layout).shape[:3]
-    if layout == "HND":
-        return torch.empty(b, hq, lq, head_dim, dtype=q.dtype, device=q.device)
-    return torch.empty(b, lq, hq, head_dim, dtype=q.dtype, device=q.device).transpose(1, 2)
+@functools.cache
+def _sm90_launch():
+    """``kernels.sm90.launch``, imported on first use (it needs CuTe DSL)."""
+    from .kernels.sm90 import launch
+
+    return launch
 
 
 def _run_sm90_prepared(prep: "PreparedCall", out_hnd: torch.Tensor | None = None):
-    from .kernels.sm90.launch import attn_fwd_sm90
-
     qi = prep.quantized
     b, hq, lq, dp = qi.q_int8.shape
     if out_hnd is None:
         out_hnd = torch.empty(b, hq, lq, dp, dtype=prep.dtype, device=qi.q_int8.device)
     lse = torch.empty(b, hq, lq, dtype=torch.float32, device=qi.q_int8.device) if prep.return_lse else None
-    attn_fwd_sm90(
+    _sm90_launch().attn_fwd_sm90(
         qi.q_int8,
         qi.q_scale,
         qi.k_int8,
@@ -178,17 +178,36 @@ def _run_sm90_prepared(prep: "PreparedCall", out_hnd: torch.Tensor | None = None
 
 
 def _run_sm90(q, k, v, layout, is_causal, sm_scale, return_lse, gran, pv_accum, smooth_k):
-    head_dim = q.shape[-1]
     prep = _prepare(q, k, v, layout, is_causal, sm_scale, return_lse, gran, pv_accum, smooth_k)
-    dp = prep.quantized.q_int8.shape[-1]
-    # Write straight into the caller-layout output unless the head dim was padded.
-    out = _alloc_like_input(q, layout, dp)
-    out, lse = _run_sm90_prepared(prep, out)
-    if dp != head_dim:
-        out = out[..., :head_dim]
+    b, hq, lq, dp = prep.quantized.q_int8.shape
+    # Write straight into memory in the caller's layout; slice off head-dim padding.
+    if layout == "HND":
+        out = out_hnd = torch.empty(b, hq, lq, dp, dtype=q.dtype, device=q.device)
+    else:
+        out = torch.empty(b, lq, hq, dp, dtype=q.dtype, device=q.device)
+        out_hnd = out.transpose(1, 2)
+    lse = _run_sm90_prepared(prep, out_hnd)[1]
+    if dp != prep.head_dim:
+        out = out[..., : prep.head_dim]
     if lse is not None and prep.quantized.k_mean is not None:
         lse = lse + reference.lse_smoothing_correction(reference.to_hnd(q, layout), prep.quantized.k_mean, sm_scale)
-    return reference.from_hnd(out, layout), lse
+    return out, lse
+
+
+def _forward(q, k, v, layout, is_causal, sm_scale, return_lse, gran, pv_accum, smooth_k, smooth_v, smooth_q, backend):
+    """One call on ``backend``: ``(o, lse or None)``, o dense in the caller's layout."""
+    if backend == "sm90":
+        o, lse = _run_sm90(q, k, v, layout, is_causal, sm_scale, return_lse, gran, pv_accum, smooth_k)
+    elif backend == "reference":
+        o, lse = reference.sageattn_reference(
+            q, k, v, layout, is_causal, sm_scale, True,
+            qk_quant_gran=gran.value, pv_accum_dtype=pv_accum.value,
+            smooth_k=smooth_k, smooth_v=smooth_v, smooth_q=smooth_q,
+        )  # fmt: skip
+    else:
+        o, lse = _run_sdpa(q, k, v, layout, is_causal, sm_scale, return_lse, None)
+    # The kernels write a dense tensor in the caller's layout: no copy then.
+    return o if o.is_contiguous() else o.contiguous(), lse
 
 
 def _attn_fwd_impl(
@@ -206,23 +225,11 @@ def _attn_fwd_impl(
     smooth_q: bool,
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    if backend == "sm90":
-        o, lse = _run_sm90(
-            q, k, v, tensor_layout, is_causal, sm_scale, return_lse,
-            QuantGranularity(qk_quant_gran), PvAccum(pv_accum_dtype), smooth_k,
-        )  # fmt: skip
-    elif backend == "reference":
-        o, lse = reference.sageattn_reference(
-            q, k, v, tensor_layout, is_causal, sm_scale, True,
-            qk_quant_gran=qk_quant_gran, pv_accum_dtype=pv_accum_dtype,
-            smooth_k=smooth_k, smooth_v=smooth_v, smooth_q=smooth_q,
-        )  # fmt: skip
-    else:
-        o, lse = _run_sdpa(q, k, v, tensor_layout, is_causal, sm_scale, return_lse, None)
-    if lse is None:
-        lse = q.new_empty((0,), dtype=torch.float32)
-    # The kernels write a dense tensor in the caller's layout: no copy then.
-    return o if o.is_contiguous() else o.contiguous(), lse
+    o, lse = _forward(
+        q, k, v, tensor_layout, is_causal, sm_scale, return_lse, QuantGranularity(qk_quant_gran),
+        PvAccum(pv_accum_dtype), smooth_k, smooth_v, smooth_q, backend,
+    )  # fmt: skip
+    return o, lse if lse is not None else q.new_empty((0,), dtype=torch.float32)
 
 
 # The custom op makes torch.compile(fullgraph=True) trace through the call;
@@ -281,6 +288,46 @@ def sageattn(
 
     Returns ``o`` in q's layout and dtype, or ``(o, lse)``.
     """
+    plan = _plan(q, k, v, tensor_layout, is_causal, sm_scale, kwargs)
+    if plan.warn:
+        dispatch.warn_fallback_once(plan.spec)
+    if plan.len_q == 0:
+        o = torch.empty_like(q)
+        lse = q.new_empty((plan.batch, plan.heads_q, 0), dtype=torch.float32)
+        return (o, lse) if return_lse else o
+    opts = plan.opts
+    if opts["attn_mask"] is not None:
+        o, lse = _run_sdpa(q, k, v, tensor_layout, is_causal, plan.sm_scale, return_lse, opts["attn_mask"])
+    elif torch.compiler.is_compiling() or (
+        torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    ):
+        o, lse = _attn_fwd_op(
+            q, k, v, tensor_layout, is_causal, plan.sm_scale, return_lse, opts["qk_quant_gran"],
+            opts["pv_accum_dtype"], opts["smooth_k"], opts["smooth_v"], opts["smooth_q"], plan.spec.backend,
+        )  # fmt: skip
+    else:
+        o, lse = _forward(
+            q, k, v, tensor_layout, is_causal, plan.sm_scale, return_lse, plan.gran, plan.pv_accum,
+            opts["smooth_k"], opts["smooth_v"], opts["smooth_q"], plan.spec.backend,
+        )  # fmt: skip
+    return (o, lse) if return_lse else o
+
+
+class _CallPlan(NamedTuple):
+    """What validation and dispatch concluded for one call signature."""
+
+    batch: int
+    heads_q: int
+    len_q: int
+    sm_scale: float
+    opts: dict
+    gran: QuantGranularity
+    pv_accum: PvAccum
+    spec: dispatch.KernelSpec
+    warn: bool  # auto dispatch fell back to SDPA: warn once per reason
+
+
+def _make_plan(q, k, v, tensor_layout, is_causal, sm_scale, kwargs) -> _CallPlan:
     shapes = _validate(q, k, v, tensor_layout)
     opts = _check_options(kwargs)
     sm_scale = _check_scale(sm_scale, shapes.head_dim)
@@ -291,23 +338,40 @@ def sageattn(
         opts["smooth_k"], opts["smooth_v"], opts["smooth_q"], opts["attn_mask"] is not None,
     )  # fmt: skip
     spec = dispatch.select(q.device, cfg, opts["backend"])
-    if spec.backend == "sdpa" and opts["backend"] == "auto":
-        dispatch.warn_fallback_once(spec)
-    if shapes.len_q == 0:
-        o = torch.empty_like(q)
-        lse = q.new_empty((shapes.batch, shapes.heads_q, 0), dtype=torch.float32)
-        return (o, lse) if return_lse else o
-    if opts["attn_mask"] is not None:
-        o, lse = _run_sdpa(q, k, v, tensor_layout, is_causal, sm_scale, return_lse, opts["attn_mask"])
-    else:
-        needs_op = torch.compiler.is_compiling() or (
-            torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
-        )
-        o, lse = (_attn_fwd_op if needs_op else _attn_fwd_impl)(
-            q, k, v, tensor_layout, is_causal, sm_scale, return_lse, opts["qk_quant_gran"],
-            opts["pv_accum_dtype"], opts["smooth_k"], opts["smooth_v"], opts["smooth_q"], spec.backend,
+    return _CallPlan(
+        shapes.batch, shapes.heads_q, shapes.len_q, sm_scale, opts, QuantGranularity(opts["qk_quant_gran"]),
+        PvAccum(opts["pv_accum_dtype"]), spec, spec.backend == "sdpa" and opts["backend"] == "auto",
+    )  # fmt: skip
+
+
+# Call signature -> _CallPlan. Validation and dispatch read only what the key
+# holds (tensor classes, shapes, strides, dtypes, devices; the options with their
+# types, so 1 is not taken for True); re-running them on every call cost more host
+# time than a short sequence's kernels take (perf/host_overhead.py).
+_PLANS: dict = {}
+_MAX_PLANS = 4096
+
+
+def _plan(q, k, v, tensor_layout, is_causal, sm_scale, kwargs) -> _CallPlan:
+    if torch.compiler.is_compiling() or kwargs.get("attn_mask") is not None:
+        return _make_plan(q, k, v, tensor_layout, is_causal, sm_scale, kwargs)  # nothing cached
+    try:
+        key = (
+            q.__class__, q.shape, q.stride(), q.dtype, q.device,
+            k.__class__, k.shape, k.stride(), k.dtype, k.device,
+            v.__class__, v.shape, v.stride(), v.dtype, v.device,
+            tensor_layout, is_causal, is_causal.__class__, sm_scale, sm_scale.__class__,
+            tuple((name, x, x.__class__) for name, x in kwargs.items()) if kwargs else (),
         )  # fmt: skip
-    return (o, lse) if return_lse else o
+        plan = _PLANS.get(key)
+    except Exception:  # noqa: BLE001 - not tensors, unhashable options: the checks say what is wrong
+        return _make_plan(q, k, v, tensor_layout, is_causal, sm_scale, kwargs)
+    if plan is None:
+        plan = _make_plan(q, k, v, tensor_layout, is_causal, sm_scale, kwargs)
+        if len(_PLANS) >= _MAX_PLANS:
+            _PLANS.clear()
+        _PLANS[key] = plan
+    return plan
 
 
 def sageattn_varlen(

@@ -52,7 +52,9 @@ class LaunchPath:
             self._use, self._why = path == "tvm-ffi", f"set_launch_path({path!r})"
 
     def launch(self, ffi_launch: Callable[[], None], pointer_launch: Callable[[], None]) -> None:
-        if self.current()[0] == "tvm-ffi":
+        if self._use is None:
+            self.current()
+        if self._use:
             try:
                 ffi_launch()
                 return

@@ -1,5 +1,6 @@
 """Public API on the CPU: validation, layouts, fallback, torch.compile, varlen."""
 
+import types
 import warnings
 
 import pytest
@@ -8,7 +9,7 @@ import torch.nn.functional as F
 from tolerances import error_metrics, make_qkv
 
 import sagecute
-from sagecute import dispatch, reference
+from sagecute import api, dispatch, reference
 
 
 def _qkv(**kw):
@@ -73,6 +74,60 @@ def test_bad_varlen():
         sagecute.sageattn_varlen(q, q, q, good.float(), good, 6, 6)
     with pytest.raises(ValueError, match="max_seqlen_q"):
         sagecute.sageattn_varlen(q, q, q, good, good, 3, 6)
+
+
+def test_cached_call_plan_still_validates(monkeypatch):
+    """A call signature seen before skips validation; anything that differs is checked again."""
+    monkeypatch.setattr(api, "_PLANS", {})
+    q, k, v = _qkv(hkv=4)
+    good = dict(is_causal=True, sm_scale=1.0, smooth_k=True, backend="sdpa")
+    sagecute.sageattn(q, k, v, **good)
+    sagecute.sageattn(q, k, v, **good)
+    assert len(api._PLANS) == 1
+    bad = [
+        (dict(good, is_causal=1), TypeError, "is_causal must be a bool"),  # 1 == True, yet not a bool
+        (dict(good, sm_scale=True), TypeError, "sm_scale"),
+        (dict(good, smooth_k=1), TypeError, "smooth_k must be a bool"),
+        (dict(good, smooth_k=[True]), TypeError, "smooth_k must be a bool"),  # unhashable
+    ]
+    for kw, exc, match in bad:
+        with pytest.raises(exc, match=match):
+            sagecute.sageattn(q, k, v, **kw)
+    with pytest.raises(TypeError, match="share one dtype"):
+        sagecute.sageattn(q, k.half(), v, **good)
+    with pytest.raises(ValueError, match="one device"):
+        sagecute.sageattn(q, k.to("meta"), v, **good)
+    with pytest.raises(TypeError, match="k must be a torch.Tensor"):
+        sagecute.sageattn(q, k.float().numpy(), v, **good)
+    assert len(api._PLANS) == 1
+
+
+def test_sm90_host_path_layouts_padding_lse(monkeypatch):
+    """The API around the sm90 kernel, without a GPU: the kernel is a stand-in that
+    copies the INT8 Q payload to o, so o shows where each row and channel went."""
+    from sagecute.kernels.sm90 import support
+
+    monkeypatch.setattr(api, "_PLANS", {})
+    monkeypatch.setattr(dispatch, "device_arch", lambda device: "sm90")
+    monkeypatch.setattr(support, "_kernel_available", lambda: True)
+    seen = []
+
+    def attn_fwd_sm90(q8, qs, k8, ks, v8, vs, o, lse, **kw):
+        seen.append(kw)
+        o.copy_(q8)
+        lse.zero_()
+
+    monkeypatch.setattr(api, "_sm90_launch", lambda: types.SimpleNamespace(attn_fwd_sm90=attn_fwd_sm90))
+    q, k, v = _qkv(d=80, layout="NHD", kind="outlier")  # head_dim 80 runs padded to 128
+    for _ in range(2):
+        o, lse = sagecute.sageattn(q, k, v, "NHD", is_causal=True, return_lse=True, backend="sm90")
+    assert len(api._PLANS) == 1 and len(seen) == 2 and seen[0]["is_causal"] is True
+    qh, kh = (reference._pad_last(reference.to_hnd(t, "NHD"), 128) for t in (q, k))
+    q8 = reference.quantize_qk_int8(qh, sagecute.QuantGranularity.PER_THREAD, reference.SM90_GEOMETRY, is_k=False)[0]
+    assert o.shape == q.shape and o.is_contiguous()
+    assert torch.equal(o, reference.from_hnd(q8[..., :80].to(q.dtype), "NHD"))
+    corr = reference.lse_smoothing_correction(reference.to_hnd(q, "NHD"), reference.k_mean(kh), 80**-0.5)
+    torch.testing.assert_close(lse, corr)
 
 
 # --------------------------------------------------------------------------

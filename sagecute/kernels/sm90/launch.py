@@ -5,7 +5,7 @@
   code generation (output dtype, head_dim, is_causal, granularity, pv_accum, has_lse,
   config). Batch, heads, sequence lengths and strides are dynamic: no recompiles.
   :func:`compile_attn_fwd_sm90_ffi` is the same kernel behind ``--enable-tvm-ffi``
-  (opt-in, Note [Two launch paths]).
+  (the default, Note [Two launch paths]).
 * :func:`compile_all_sm90` compiles every variant from fake tensors, no GPU needed
   (``CUTE_DSL_ARCH=sm_90a`` is set for it), and summarises each one's SASS.
 * :func:`can_implement` says whether a problem is supported, and why not.
@@ -177,8 +177,8 @@ def _to_cute(t, align=16):
     return ct.mark_layout_dynamic(leading_dim=t.ndim - 1)
 
 
-def _check_inputs(q_int8, q_scale, k_int8, k_scale, v_fp8, v_scale, o, lse) -> None:
-    """dtypes, devices, and what TMA needs: last stride 1, 16-byte aligned base and strides."""
+def _check_layouts(q_int8, q_scale, k_int8, k_scale, v_fp8, v_scale, o, lse) -> None:
+    """dtypes, devices, and what TMA needs of strides: last stride 1, 16-byte multiples."""
     import torch
 
     want = {"q_int8": (q_int8, torch.int8), "k_int8": (k_int8, torch.int8),
@@ -196,10 +196,19 @@ def _check_inputs(q_int8, q_scale, k_int8, k_scale, v_fp8, v_scale, o, lse) -> N
         if t.stride(-1) != 1:
             raise ValueError(f"{name} needs a contiguous last dim")
     for name, t in (("q_int8", q_int8), ("k_int8", k_int8), ("v_fp8", v_fp8)):
-        if t.data_ptr() % 16 or any((st * t.element_size()) % 16 for st in t.stride()[:-1]):
+        if any((st * t.element_size()) % 16 for st in t.stride()[:-1]):
             raise ValueError(f"{name} must be 16-byte aligned with 16-byte multiple strides (TMA)")
-    if o.data_ptr() % 16:
-        raise ValueError("o must be 16-byte aligned")
+
+
+def _check_pointers(q_int8, k_int8, v_fp8, o) -> None:
+    """16-byte aligned bases (TMA, and o's vector stores); the one check that
+    depends on more than the argument signature, so it runs on every call."""
+    if (q_int8.data_ptr() | k_int8.data_ptr() | v_fp8.data_ptr() | o.data_ptr()) % 16 == 0:
+        return
+    for name, t in (("q_int8", q_int8), ("k_int8", k_int8), ("v_fp8", v_fp8)):
+        if t.data_ptr() % 16:
+            raise ValueError(f"{name} must be 16-byte aligned with 16-byte multiple strides (TMA)")
+    raise ValueError("o must be 16-byte aligned")
 
 
 @functools.lru_cache(maxsize=16)
@@ -207,6 +216,56 @@ def _num_sms(device_index: int) -> int:
     import torch
 
     return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+class _LaunchPlan:
+    """What the checks of one argument signature concluded: the compile key, the
+    grid cap, and the TVM-FFI function once compiled (None: nothing to launch)."""
+
+    __slots__ = ("key", "max_ctas", "ffi")
+
+    def __init__(self, key, max_ctas) -> None:
+        self.key, self.max_ctas, self.ffi = key, max_ctas, None
+
+
+# Signature -> _LaunchPlan. Shapes, strides, dtypes and devices decide every check
+# but the pointers' alignment, and the compile key; re-deriving them (and hashing
+# the key) on every call was a third of a short call's host time.
+_PLANS: dict = {}
+_MAX_PLANS = 4096
+
+
+def _signature(tensors, is_causal, granularity, pv_accum, config) -> tuple:
+    return (
+        *[(t.shape, t.stride(), t.dtype, t.device) if t is not None else None for t in tensors],
+        is_causal, granularity, pv_accum, config,
+    )  # fmt: skip
+
+
+def _plan(q_int8, q_scale, k_int8, k_scale, v_fp8, v_scale, o, lse, is_causal, granularity, pv_accum, config):
+    B, Hq, Lq, D = q_int8.shape
+    Bk, Hkv, Lk, Dk = k_int8.shape
+    if (Bk, Dk) != (B, D) or Hq % Hkv != 0:
+        raise ValueError(f"bad q/k shapes {tuple(q_int8.shape)} {tuple(k_int8.shape)}")
+    g = SM90_GEOMETRY
+    if tuple(v_fp8.shape) != (B, Hkv, D, g.padded_kv_len(Lk)):
+        raise ValueError(f"v_fp8 must be [B,Hkv,D,{g.padded_kv_len(Lk)}], got {tuple(v_fp8.shape)}")
+    if q_scale.shape[-1] < g.num_q_scales(Lq, granularity) or k_scale.shape[-1] < g.num_k_scales(Lk, granularity):
+        raise ValueError("q_scale/k_scale too short for the granularity")
+    if o.shape != q_int8.shape or o.stride(-1) != 1:
+        raise ValueError("o must be [B,Hq,Lq,D] with last stride 1")
+    _check_layouts(q_int8, q_scale, k_int8, k_scale, v_fp8, v_scale, o, lse)
+    if Lq == 0 or Lk == 0 or B == 0:
+        return _LaunchPlan(None, 0)
+    ok, why = can_implement(D, o.dtype, granularity, pv_accum)
+    if not ok:
+        raise ValueError(why)
+    config = config or AttnFwdConfigSm90.default(D)
+    # o's base is 16-byte aligned (_check_pointers), so only its strides decide this
+    if config.vec_o_store and any(st % 2 for st in o.stride()[:-1]):
+        config = dataclasses.replace(config, vec_o_store=False)  # odd strides: 16-bit stores
+    key = _compile_key(o.dtype, D, is_causal, granularity, pv_accum, lse is not None, config)
+    return _LaunchPlan(key, _num_sms(o.device.index or 0) if config.persistent else 2**30)
 
 
 def attn_fwd_sm90(
@@ -231,37 +290,31 @@ def attn_fwd_sm90(
     k_scale [B,Hkv,nk], v_fp8 [B,Hkv,D,Lpad] e4m3, v_scale [B,Hkv,D], o [B,Hq,Lq,D]
     bf16/fp16 with any strides (last stride 1), lse None or fp32 [B,Hq,Lq].
     """
+    args = (q_int8, q_scale, k_int8, k_scale, v_fp8, v_scale, o, lse)
+    sig = _signature(args, is_causal, granularity, pv_accum, config)
+    plan = _PLANS.get(sig)
+    if plan is None:
+        plan = _plan(*args, is_causal, granularity, pv_accum, config)
+        if len(_PLANS) >= _MAX_PLANS:
+            _PLANS.clear()
+        _PLANS[sig] = plan
+    _check_pointers(q_int8, k_int8, v_fp8, o)
+    if plan.key is None:
+        return
+    scale_log2 = float(sm_scale * LOG2E)
+    _PATH.launch(
+        lambda: _launch_ffi(plan, q_int8, q_scale, k_int8, k_scale, v_fp8, v_scale, o, lse, scale_log2),
+        lambda: _launch_pointer(plan.key, q_int8, q_scale, k_int8, k_scale, v_fp8, v_scale, o, lse, sm_scale,
+                                plan.max_ctas),
+    )  # fmt: skip
+
+
+def _launch_ffi(plan, q_int8, q_scale, k_int8, k_scale, v_fp8, v_scale, o, lse, scale_log2) -> None:
     import torch
 
-    B, Hq, Lq, D = q_int8.shape
-    Bk, Hkv, Lk, Dk = k_int8.shape
-    if (Bk, Dk) != (B, D) or Hq % Hkv != 0:
-        raise ValueError(f"bad q/k shapes {tuple(q_int8.shape)} {tuple(k_int8.shape)}")
-    g = SM90_GEOMETRY
-    if tuple(v_fp8.shape) != (B, Hkv, D, g.padded_kv_len(Lk)):
-        raise ValueError(f"v_fp8 must be [B,Hkv,D,{g.padded_kv_len(Lk)}], got {tuple(v_fp8.shape)}")
-    if q_scale.shape[-1] < g.num_q_scales(Lq, granularity) or k_scale.shape[-1] < g.num_k_scales(Lk, granularity):
-        raise ValueError("q_scale/k_scale too short for the granularity")
-    if o.shape != q_int8.shape or o.stride(-1) != 1:
-        raise ValueError("o must be [B,Hq,Lq,D] with last stride 1")
-    _check_inputs(q_int8, q_scale, k_int8, k_scale, v_fp8, v_scale, o, lse)
-    if Lq == 0 or Lk == 0 or B == 0:
-        return
-    ok, why = can_implement(D, o.dtype, granularity, pv_accum)
-    if not ok:
-        raise ValueError(why)
-    config = config or AttnFwdConfigSm90.default(D)
-    if config.vec_o_store and (o.data_ptr() % 4 or any(st % 2 for st in o.stride()[:-1])):
-        config = dataclasses.replace(config, vec_o_store=False)  # odd strides: 16-bit stores
-    key = _compile_key(o.dtype, D, is_causal, granularity, pv_accum, lse is not None, config)
-    max_ctas = _num_sms(o.device.index or 0) if config.persistent else 2**30
-    _PATH.launch(
-        lambda: compile_attn_fwd_sm90_ffi(*key)(
-            q_int8, q_scale, k_int8, k_scale, v_fp8.view(torch.uint8), v_scale, o, lse,
-            float(sm_scale * LOG2E), int(max_ctas),
-        ),
-        lambda: _launch_pointer(key, q_int8, q_scale, k_int8, k_scale, v_fp8, v_scale, o, lse, sm_scale, max_ctas),
-    )
+    if plan.ffi is None:
+        plan.ffi = compile_attn_fwd_sm90_ffi(*plan.key)
+    plan.ffi(q_int8, q_scale, k_int8, k_scale, v_fp8.view(torch.uint8), v_scale, o, lse, scale_log2, plan.max_ctas)
 
 
 def _launch_pointer(key, q_int8, q_scale, k_int8, k_scale, v_fp8, v_scale, o, lse, sm_scale, max_ctas) -> None:
