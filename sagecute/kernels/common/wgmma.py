@@ -11,9 +11,10 @@ from typing import Optional, Type
 import cutlass
 import cutlass.cute as cute
 import cutlass.utils.hopper_helpers as sm90_utils_basic
-from cutlass import const_expr
+from cutlass import Float32, Int32, const_expr
+from cutlass._mlir.dialects import llvm
 from cutlass.cute.nvgpu import warpgroup
-from cutlass.cutlass_dsl import Numeric
+from cutlass.cutlass_dsl import Numeric, dsl_user_op
 from cutlass.tensor_utils import LayoutEnum
 
 
@@ -73,3 +74,22 @@ def acc_as_fp8_operand_a(acc: cute.Tensor, tile_n: int) -> cute.Tensor:
         (((2, 2), 2, 2), 1, tile_n // 32), stride=(((1, 4), 2, 8), 0, 16)
     )
     return cute.make_tensor(acc.iterator, layout)
+
+
+@dsl_user_op
+def fence_after(values: list, never: Int32, *, loc=None, ip=None) -> None:
+    """Pin the next ``wgmma.wait_group`` below the computation of ``values``.
+
+    ptxas moves a WGMMA wait (``WARPGROUP.DEPBAR``) up past plain arithmetic, as far
+    as the previous side-effecting instruction. This emits one: a shared store
+    predicated on ``never == -1`` (the caller passes a value that is never -1, so it
+    never executes) and on each of ``values`` (fp32), so it cannot issue before they
+    exist. Cost: ~5 instructions."""
+    deps = [Float32(a).ir_value(loc=loc, ip=ip) for a in values]
+    body = ["{", ".reg .pred p;", "setp.eq.s32 p, $0, -1;"]
+    for j in range(len(deps)):
+        body.append(f"setp.ne.and.f32 p, ${1 + j}, 0f3F800001, p;")
+    body.append("@p st.shared.b32 [$0], $1;")
+    body.append("}")
+    llvm.inline_asm(None, [Int32(never).ir_value(loc=loc, ip=ip), *deps], "\n".join(body),
+                    ",".join(["r"] + ["f"] * len(deps)), has_side_effects=True, is_align_stack=False)

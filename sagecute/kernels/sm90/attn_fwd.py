@@ -25,11 +25,9 @@ Limits: head_dim 64 or 128; Lq, Lk >= 1 arbitrary; V padded to a multiple of til
 (``quant_layout.padded_kv_len``); causal is top-left (key j visible to query i iff
 j <= i). Scale layouts: ``quant_layout.SM90_GEOMETRY`` (per_thread, per_warp, per_block).
 
-Hardware status (H200, tests/test_sm90_gpu.py vs ``reference.sageattn_reference``):
-the ``baseline`` configuration (no ping-pong, unfused scale, chained reductions) passed
-the whole suite; the default configuration passed every per_warp case. Its per_thread
-cases failed once because the row max was quad-reduced before the per-thread K scale
-was applied; that is fixed (``softmax_step``) but the fix has not been re-run on a GPU.
+Hardware status (tests/test_sm90_gpu.py vs ``reference.sageattn_reference``): the
+whole suite passed on H100 with ``int_row_max`` (reduce_partials 8); the test CASES
+also passed with the default (reduce_partials 4; ``bench --verify``).
 """
 
 from __future__ import annotations
@@ -108,14 +106,27 @@ class AttnFwdConfigSm90:
     # No effect on "fp32+fp32" (its promotion is one FFMA either way). H200, fp32 mode:
     # +3% at L8192, +9% at b32 L1024 d128.
     skip_unit_rescale: bool = True
-    # independent chains per row in the tree_reduce row max / row sum. 4 measured +1.8%
-    # (d128) / +2.7% (d64) at L8192 on H200 but has not run the GPU tests: not default.
-    reduce_partials: int = 8
+    # independent chains per row in the tree_reduce row max / row sum. With int_row_max,
+    # 4 instead of 8: H100 L8192 d128 full +4%, causal +5%; d64 full +1%, causal +2%
+    reduce_partials: int = 4
     # unroll factor of the overlap path's steady-state KV loop. head_dim 64 default 2
     # (470 instead of 492 SASS instructions per KV block, no spills; H200 +13% at L8192
     # and b32 L1024). head_dim 128 with fp32+fp32: 2 spills (329 instructions); with
     # pv_accum fp32 it compiles without spills (untimed).
     mainloop_unroll: int = 1
+    # overlap path: pin the wait for PV(n-1) below the softmax of block n (Note [PV
+    # wait hoisting]); ~20 more instructions per block (16 P register moves). Off:
+    # measured slower (H100 L8192: d128 -7.5%, d64 -4%)
+    pv_wait_fence: bool = False
+    # overlap path, fp32+fp32: fold PV(n-2) into O right after issuing QK(n), under that
+    # GEMM (and inside the ping-pong issue turn), instead of after the PV(n-1) wait.
+    # Off: no consistent gain (H100 L8192, -5%..+2% across d64/d128 causal/full)
+    early_promote: bool = False
+    # unmasked blocks: row max on the int32 scores (exact: I2FP and the positive scale are
+    # monotonic); ptxas pairs the maxes into 3-input VIMNMX3 (30 instead of 62 per block).
+    # Together with reduce_partials 4 (alone it is not faster at d128), H100 L8192 vs
+    # neither: d128 full +0%, causal +4..9%; d64 full +4%, causal +7%
+    int_row_max: bool = True
 
     def __post_init__(self) -> None:
         if self.tile_m != 128:
@@ -157,9 +168,8 @@ class BlockCtx(NamedTuple):
     row_scale: cute.Tensor
     row_scale_prev: cute.Tensor
     tScS_mn: cute.Tensor
-    mKScale: cute.Tensor
-    batch: Int32
-    head_kv: Int32
+    mKScale: cute.Tensor  # this (batch, head_kv)'s K scales
+    k_scale_idx0: Int32  # k_scale_index(col_in_block): block n reads idx0 + n * step
     qk_scale_log2: Float32
     col_in_block: Int32
     row_in_tile: Int32
@@ -197,6 +207,7 @@ class SageAttnFwdSm90:
         self.tile_n = config.tile_n
         self.num_stages = config.num_stages
         self.intra_wg_overlap = config.intra_wg_overlap
+        self.promote_under_qk = config.early_promote and pv_accum == PvAccum.FP32_FP32
         self.num_consumer_wg = self.tile_m // 64
         self.num_threads = self.num_threads_per_wg * (1 + self.num_consumer_wg)
 
@@ -568,7 +579,8 @@ class SageAttnFwdSm90:
                 tSrQ=tSrQ, tSrK=tSrK, tOrP=tOrP, tOrVt=tOrVt, acc_O=acc_O, acc_O_tmp=acc_O_tmp,
                 acc_S=acc_S, acc_S_f=acc_S_f, row_max=row_max, row_sum=row_sum,
                 row_scale=row_scale, row_scale_prev=row_scale_prev,
-                tScS_mn=tScS_mn, mKScale=mKScale, batch=batch, head_kv=head_kv,
+                tScS_mn=tScS_mn, mKScale=mKScale[batch, head_kv, None],
+                k_scale_idx0=self.k_scale_index(col_in_block),
                 qk_scale_log2=qk_scale_log2, col_in_block=col_in_block, row_in_tile=row_in_tile,
                 wg_idx=wg_idx,
                 m_block=m_block, seqlen_k=seqlen_k,
@@ -622,9 +634,19 @@ class SageAttnFwdSm90:
     @cute.jit
     def load_qk_scale(self, ctx: "BlockCtx", n_block: Int32) -> Float32:
         """q_scale * k_scale * sm_scale * log2e for this thread's rows/columns of block n."""
-        token = n_block * self.tile_n + ctx.col_in_block
-        k_scale = Float32(ctx.mKScale[ctx.batch, ctx.head_kv, self.k_scale_index(token)])
+        # k_scale_index(n * tile_n + c) = k_scale_index(c) + n * step for every layout
+        # (tile_n is a multiple of warp_k and of 8): no per-block index math
+        k_scale = Float32(ctx.mKScale[ctx.k_scale_idx0 + n_block * self.k_scale_step()])
         return ctx.qk_scale_log2 * k_scale
+
+    def k_scale_step(self) -> int:
+        g = SM90_GEOMETRY
+        assert self.tile_n % g.warp_k == 0 and self.tile_n % 8 == 0
+        if self.granularity == QuantGranularity.PER_THREAD:
+            return self.tile_n // g.warp_k * 4
+        if self.granularity == QuantGranularity.PER_WARP:
+            return self.tile_n // g.warp_k
+        return self.tile_n // g.blk_k
 
     @cute.jit
     def softmax_step(self, ctx: "BlockCtx", scale: Float32, n_block: Int32, mask: cutlass.Constexpr[bool]):
@@ -649,9 +671,13 @@ class SageAttnFwdSm90:
         s_mn = wgmma.acc_mn_view(ctx.acc_S_f)
         if const_expr(mask):
             self.apply_mask(s_mn, ctx, n_block)
+        int_max = self.config.int_row_max and self.config.fused_scale_exp and not self.config.magic_i2f and not mask
         for r in cutlass.range_constexpr(cute.size(ctx.row_max)):
             row = s_mn[r, None].load()
-            if const_expr(self.config.tree_reduce):
+            if const_expr(int_max):
+                m_thr = Float32(softmax_utils.row_max_int(wgmma.acc_mn_view(ctx.acc_S)[r, None],
+                                                          num_partials=self.config.reduce_partials))
+            elif const_expr(self.config.tree_reduce):
                 m_thr = softmax_utils.row_reduce(s_mn[r, None], is_max=True,
                                                  num_partials=self.config.reduce_partials)
             else:
@@ -788,7 +814,12 @@ class SageAttnFwdSm90:
         self.convert_p(ctx)
         if const_expr(self.pv_accum == PvAccum.FP32):
             self.rescale_o(ctx.acc_O, ctx.row_scale)
-        ctx.row_scale_prev.store(ctx.row_scale.load())
+        if const_expr(self.promote_under_qk):
+            # nothing pending yet: the first promotion computes O = O * 1 + 0 (O = 0)
+            ctx.acc_O_tmp.fill(0.0)
+            ctx.row_scale_prev.fill(1.0)
+        else:
+            ctx.row_scale_prev.store(ctx.row_scale.load())
         v_state = kv_state.clone()
         kv_state.advance()
         for n in cutlass.range(1, n_block_max - 1, unroll=self.config.mainloop_unroll):
@@ -804,10 +835,12 @@ class SageAttnFwdSm90:
             v_state = kv_state.clone()
             kv_state.advance()
         # ---- PV of the last block
+        if const_expr(self.promote_under_qk):
+            self.finish_pv(ctx, ctx.row_scale_prev)
         pipeline_v.consumer_wait(v_state)
         self.issue_pv(ctx, tiled_mma_pv, v_state.index, wg_wait=0)
         pipeline_v.consumer_release(v_state)
-        self.finish_pv(ctx, ctx.row_scale_prev)
+        self.finish_pv(ctx, ctx.row_scale if const_expr(self.promote_under_qk) else ctx.row_scale_prev)
         return kv_state
 
     @cute.jit
@@ -859,6 +892,10 @@ class SageAttnFwdSm90:
         self.pingpong_sync(ctx.wg_idx)
         wgmma.gemm(tiled_mma_qk, ctx.acc_S, ctx.tSrQ, ctx.tSrK[None, None, None, k_state.index],
                    zero_init=True, wg_wait=-1)
+        if const_expr(self.promote_under_qk):
+            # fold PV(n-2) into O under QK(n), before PV(n-1) overwrites acc_O_tmp
+            self.finish_pv(ctx, ctx.row_scale_prev)
+            ctx.row_scale_prev.store(ctx.row_scale.load())
         pipeline_v.consumer_wait(v_state)
         self.issue_pv(ctx, tiled_mma_pv, v_state.index, wg_wait=-1)
         self.pingpong_arrive(ctx.wg_idx)
@@ -867,18 +904,26 @@ class SageAttnFwdSm90:
         if const_expr(pipeline_q is not None):
             pipeline_q.consumer_release(q_state)
         self.softmax_step(ctx, scale, n_block, mask=mask)
-        # Note [PV wait hoisting] (SASS, 4.8.1): with fp32+fp32 at head_dim 128 the live set
-        # is acc_O 64 + acc_O_tmp 64 (in flight) + P 16 (in flight) + S 64 of 240, and
-        # ptxas hoists this wait (WARPGROUP.DEPBAR.LE gsb0, 0x0) to just after row 0's max
-        # to reuse P's registers for I2FP results: PV(n-1) overlaps only that max, not the
-        # softmax. At head_dim 64, and with pv_accum fp32, the wait stays here.
+        # Note [PV wait hoisting] (SASS, 4.8.1): ptxas moves this wait (WARPGROUP.DEPBAR.LE
+        # gsb0, 0x0) up past all arithmetic, to just below the previous side-effecting
+        # instruction (the K release above), so in SASS PV(n-1) overlaps only row 0's max
+        # (d128 fp32+fp32: after 0-1 of 66 MUFU.EX2; d64: 2-6 and 20; fp32 mode: 29).
+        # It is not a register-reuse effect: a fake read of P after the wait did not
+        # stop it. pv_wait_fence (a never-executed shared store that depends on this
+        # block's row sums) keeps the wait below every MUFU.EX2, but P(n) is then
+        # converted before the wait and moved into P's registers after it (16 MOVs), and
+        # it measured 4-8% slower (H100): the early wait is not what limits the kernel.
+        if const_expr(self.config.pv_wait_fence):
+            wgmma.fence_after([ctx.row_sum[0], ctx.row_sum[1]], ctx.seqlen_k)
         warpgroup.wait_group(0)  # PV(n-1) retired: its P registers and V stage are free
         pipeline_v.consumer_release(v_state)
-        self.finish_pv(ctx, ctx.row_scale_prev)
+        if const_expr(not self.promote_under_qk):
+            self.finish_pv(ctx, ctx.row_scale_prev)
         self.convert_p(ctx)
         if const_expr(self.pv_accum == PvAccum.FP32):
             self.rescale_o(ctx.acc_O, ctx.row_scale)
-        ctx.row_scale_prev.store(ctx.row_scale.load())
+        if const_expr(not self.promote_under_qk):
+            ctx.row_scale_prev.store(ctx.row_scale.load())
 
     @cute.jit
     def apply_mask(self, s_mn: cute.Tensor, ctx: "BlockCtx", n_block: Int32):

@@ -72,13 +72,18 @@ CONFIG_VARIANTS = {
     "pv32_noskip": (dict(skip_unit_rescale=False), "fp32"),
     "unroll1": (dict(mainloop_unroll=1), None),
     "unroll2": (dict(mainloop_unroll=2), None),
-    "p4": (dict(reduce_partials=4), None),
+    "p8": (dict(reduce_partials=8), None),
     "p16": (dict(reduce_partials=16), None),
     "magic": (dict(magic_i2f=True), None),
     "no_tree": (dict(tree_reduce=False), None),
     "baseline": (dict(wg_pingpong=False, fused_scale_exp=False, magic_i2f=False, tree_reduce=False,
                       early_q_release=False, vec_o_store=False), None),
     "no_early_q": (dict(early_q_release=False), None),
+    # the default before int_row_max and reduce_partials 4
+    "old": (dict(int_row_max=False, reduce_partials=8), None),
+    "no_int_max": (dict(int_row_max=False), None),
+    "fence": (dict(pv_wait_fence=True), None),
+    "early_promote": (dict(early_promote=True), None),
 }
 
 
