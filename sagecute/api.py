@@ -178,7 +178,8 @@ def _run_sm90_prepared(prep: "PreparedCall", out_hnd: torch.Tensor | None = None
 
 
 def _run_sm90(q, k, v, layout, is_causal, sm_scale, return_lse, gran, pv_accum, smooth_k):
-    prep = _prepare(q, k, v, layout, is_causal, sm_scale, return_lse, gran, pv_accum, smooth_k)
+    # the quantized tensors are this call's temporaries: reusable buffers
+    prep = _prepare(q, k, v, layout, is_causal, sm_scale, return_lse, gran, pv_accum, smooth_k, scratch=True)
     b, hq, lq, dp = prep.quantized.q_int8.shape
     # Write straight into memory in the caller's layout; slice off head-dim padding.
     if layout == "HND":
@@ -445,13 +446,15 @@ class PreparedCall:
     head_dim: int
 
 
-def _prepare(q, k, v, layout, is_causal, sm_scale, return_lse, gran, pv_accum, smooth_k) -> PreparedCall:
+def _prepare(
+    q, k, v, layout, is_causal, sm_scale, return_lse, gran, pv_accum, smooth_k, scratch=False
+) -> PreparedCall:
     qh, kh, vh = (reference.to_hnd(t, layout) for t in (q, k, v))
     head_dim = qh.shape[-1]
     dp = reference.padded_head_dim(head_dim)
     if dp != head_dim:
         qh, kh, vh = (reference._pad_last(t, dp) for t in (qh, kh, vh))
-    qi = quantize_inputs(qh, kh, vh, granularity=gran, pv_accum=pv_accum, smooth_k=smooth_k)
+    qi = quantize_inputs(qh, kh, vh, granularity=gran, pv_accum=pv_accum, smooth_k=smooth_k, scratch=scratch)
     return PreparedCall(qi, q.dtype, is_causal, sm_scale, return_lse, head_dim)
 
 

@@ -51,6 +51,12 @@ class LaunchPath:
         else:
             self._use, self._why = path == "tvm-ffi", f"set_launch_path({path!r})"
 
+    def use_ffi(self) -> bool:
+        """Whether calls take the TVM-FFI path now (``current()[0] == "tvm-ffi"``, cheaper)."""
+        if self._use is None:
+            self.current()
+        return bool(self._use)
+
     def launch(self, ffi_launch: Callable[[], None], pointer_launch: Callable[[], None]) -> None:
         if self._use is None:
             self.current()

@@ -334,6 +334,36 @@ def test_qkv_one_launch_matches_reference(case):
             assert torch.equal(_bits(x), _bits(y))
 
 
+def test_qkv_scratch_reuse_and_plan_cache():
+    """Note [Preprocess host cost]: scratch outputs are reused per (signature,
+    stream), fresh outputs are not, and a cached plan still sees a new input's
+    misalignment (copied, still exact)."""
+    kern = _kernels()
+    kern.clear_scratch()
+    q, k, v = (make_input(1, 2, 300, 128, BF16, "HND", seed=s) for s in (21, 22, 23))
+    a = kern.quantize_qkv_cute(q, k, v, T, True, scratch=True)
+    want = [x.clone() for x in a]
+    b = kern.quantize_qkv_cute(q, k, v, T, True, scratch=True)
+    assert all(x.data_ptr() == y.data_ptr() for x, y in zip(a, b))
+    for x, y in zip(want, b):
+        assert torch.equal(_bits(x), _bits(y))
+    fresh = kern.quantize_qkv_cute(q, k, v, T, True)
+    assert all(x.data_ptr() != y.data_ptr() for x, y in zip(a, fresh))
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side):
+        c = kern.quantize_qkv_cute(q, k, v, T, True, scratch=True)
+    torch.cuda.current_stream().wait_stream(side)
+    assert c[0].data_ptr() != a[0].data_ptr(), "another stream must not share the scratch"
+    # same shapes and strides, storage offset 1 element: not 16-byte aligned
+    q2 = make_input(1, 2, 300, 128, BF16, "HND", seed=21, offset=1)
+    assert q2.shape == q.shape and q2.stride() == q.stride() and q2.data_ptr() % 16
+    d = kern.quantize_qkv_cute(q2, k, v, T, True)
+    r8, rs = oracle_qk_int8(q2, T, is_k=False)
+    assert_bits_equal(d[1], rs, "q_scale")
+    assert_bits_equal(d[0], r8, "q_int8")
+    kern.clear_scratch()
+
+
 def test_e4m3_rounding_and_saturation():
     """Ties to even, subnormals and zero: amax 448 makes inv exactly 1, so the
     payload is e4m3(v) of bf16 values placed on e4m3 rounding midpoints."""

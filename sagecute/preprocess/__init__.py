@@ -51,13 +51,18 @@ def quantize_inputs(
     pv_accum: PvAccum,
     smooth_k: bool,
     use_cute: bool | None = None,
+    scratch: bool = False,
 ) -> QuantizedInputs:
-    """Quantize head-padded HND views (any strides, unit last stride)."""
+    """Quantize head-padded HND views (any strides, unit last stride). ``scratch``:
+    outputs may live in buffers the next call with the same shapes reuses (the
+    API's per-call temporaries; Note [Preprocess host cost] in ``kernels.py``)."""
     scale_max = FP8_SCALE_MAX_FP16_ACCUM if pv_accum is PvAccum.FP32_FP16 else FP8_E4M3_MAX
     cute = _cute_quantizers() if (use_cute is not False and qh.is_cuda) else None
     if cute is not None:
         # one launch where it can (Q, K, V in ``kernels/common/quant_qkv.py``), else four
-        q8, qs, k8, ks, km, v8, vs = cute.quantize_qkv_cute(qh, kh, vh, granularity, smooth_k, scale_max)
+        q8, qs, k8, ks, km, v8, vs = cute.quantize_qkv_cute(
+            qh, kh, vh, granularity, smooth_k, scale_max, scratch=scratch
+        )
     else:
         km = reference.k_mean(kh) if smooth_k else None
         q8, qs = reference.quantize_qk_int8(qh, granularity, SM90_GEOMETRY, is_k=False)

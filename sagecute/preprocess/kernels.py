@@ -55,6 +55,7 @@ __all__ = [
     "k_mean_cute",
     "quantize_qkv_cute",
     "fused_qkv_supported",
+    "clear_scratch",
     "compile_all_preprocess",
     "preprocess_variants",
     "supported_head_dim",
@@ -467,6 +468,63 @@ def fused_qkv_supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geom:
     )
 
 
+@dataclass
+class _QkvPlan:
+    """What one argument signature of ``quantize_qkv_cute`` needs (Note [Preprocess
+    host cost]): the compiled kernel, or None for the standalone kernels, and the
+    output shapes."""
+
+    compiled: object
+    shapes: tuple  # (shape, dtype) of q8, qs, k8, ks, k_mean (None without smooth_k), v8, vs
+    aligned_strides: bool
+
+
+_QKV_PLANS: dict = {}
+_SCRATCH: dict = {}
+_SCRATCH_KEEP = 2  # scratch sets kept (per device, stream and signature), oldest dropped
+
+
+def clear_scratch() -> None:
+    """Drop the reusable output buffers of ``quantize_qkv_cute(scratch=True)``."""
+    _SCRATCH.clear()
+
+
+def _qkv_plan(q, k, v, gran, smooth_k: bool, geom: QuantGeometry) -> _QkvPlan:
+    gran = QuantGranularity(gran)
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        _check_input(t, name)
+    b, hq, lq, d = q.shape
+    hkv, lk = k.shape[1], k.shape[2]
+    shapes = (
+        ((b, hq, lq, d), torch.int8),
+        ((b, hq, geom.num_q_scales(lq, gran)), torch.float32),
+        ((b, hkv, lk, d), torch.int8),
+        ((b, hkv, geom.num_k_scales(lk, gran)), torch.float32),
+        ((b, hkv, 1, d), q.dtype) if smooth_k else None,
+        ((b, hkv, d, geom.padded_kv_len(lk)), torch.float8_e4m3fn),
+        ((b, hkv, d), torch.float32),
+    )
+    compiled = None
+    if fused_qkv_supported(q, k, v, geom):
+        compiled = _compile_qkv_ffi(_TORCH_TO_CUTE[q.dtype], d, gran, bool(smooth_k), geom, None)
+    aligned = all(
+        t.stride(-1) == 1 and all(st % _ALIGN_ELEMS == 0 for st in t.stride()[:-1]) for t in (q, k, v)
+    )
+    return _QkvPlan(compiled, shapes, aligned)
+
+
+def _qkv_outputs(plan: _QkvPlan, key, device, scratch: bool):
+    if scratch and not torch.cuda.is_current_stream_capturing():
+        skey = (key, torch.cuda.current_stream(device).cuda_stream)
+        outs = _SCRATCH.get(skey)
+        if outs is None:
+            if len(_SCRATCH) >= _SCRATCH_KEEP:
+                _SCRATCH.pop(next(iter(_SCRATCH)))
+            outs = _SCRATCH[skey] = _qkv_outputs(plan, key, device, False)
+        return outs
+    return tuple(None if s is None else torch.empty(s[0], dtype=s[1], device=device) for s in plan.shapes)
+
+
 def quantize_qkv_cute(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -475,45 +533,55 @@ def quantize_qkv_cute(
     smooth_k: bool,
     scale_max: float = FP8_E4M3_MAX,
     geom: QuantGeometry = SM90_GEOMETRY,
+    *,
+    scratch: bool = False,
 ):
     """Q int8, K (smoothed) int8 and V fp8 -> ``(q_int8, q_scale, k_int8, k_scale,
     k_mean | None, v_fp8, v_scale)``, each as the standalone quantizers return it.
 
     One launch (``kernels/common/quant_qkv.py``) on the TVM-FFI path when
     ``fused_qkv_supported``; otherwise, or on the pointer path, the standalone kernels.
+    ``scratch``: write into buffers reused by the next call with the same signature
+    on the same stream (the API's own temporaries; never for results a caller keeps).
+
+    Note [Preprocess host cost]
+    ---------------------------
+    On the GPU hosts a ``torch.empty`` costs ~10 us of CPU, and checking three
+    inputs and deciding the path ~30 us: as much as the GPU work at L=1k. So the
+    checks run once per argument signature (shapes, strides, dtypes, device,
+    options; cached in ``_QKV_PLANS``), only the pointers' alignment is checked
+    per call, and the API's calls reuse their output buffers (``scratch``; stream
+    order makes that safe: the next call's kernel runs after this call's attention
+    has read them). Not during CUDA graph capture.
     """
-    gran = QuantGranularity(gran)
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        _check_input(t, name)
+    key = (q.shape, q.stride(), k.shape, k.stride(), v.shape, v.stride(), q.dtype, k.dtype, v.dtype,
+           q.device, gran, bool(smooth_k), geom)  # fmt: skip
+    plan = _QKV_PLANS.get(key)
+    if plan is None:
+        plan = _qkv_plan(q, k, v, gran, smooth_k, geom)
+        if len(_QKV_PLANS) > 1024:
+            _QKV_PLANS.clear()
+        _QKV_PLANS[key] = plan
 
     def standalone():
-        q8, qs = _quantize_int8(q, gran, False, None, geom)
-        k8, ks, km = quantize_k_int8_cute(k, gran, smooth_k, geom)
+        g = QuantGranularity(gran)
+        q8, qs = _quantize_int8(q, g, False, None, geom)
+        k8, ks, km = quantize_k_int8_cute(k, g, smooth_k, geom)
         v8, vs = quantize_v_fp8_cute(v, scale_max, geom)
         return q8, qs, k8, ks, km, v8, vs
 
-    if not fused_qkv_supported(q, k, v, geom) or _PATH.current()[0] != "tvm-ffi":
+    if plan.compiled is None or not _PATH.use_ffi():
         return standalone()
-    qa, ka, va = _aligned(q), _aligned(k), _aligned(v)
-    b, hq, lq, d = q.shape
-    hkv, lk = k.shape[1], k.shape[2]
-    dev = q.device
-    out = (
-        torch.empty((b, hq, lq, d), dtype=torch.int8, device=dev),
-        torch.empty((b, hq, geom.num_q_scales(lq, gran)), dtype=torch.float32, device=dev),
-        torch.empty((b, hkv, lk, d), dtype=torch.int8, device=dev),
-        torch.empty((b, hkv, geom.num_k_scales(lk, gran)), dtype=torch.float32, device=dev),
-        torch.empty((b, hkv, 1, d), dtype=q.dtype, device=dev) if smooth_k else None,
-        torch.empty((b, hkv, d, geom.padded_kv_len(lk)), dtype=torch.float8_e4m3fn, device=dev),
-        torch.empty((b, hkv, d), dtype=torch.float32, device=dev),
-    )
+    if plan.aligned_strides and not (q.data_ptr() % 16 or k.data_ptr() % 16 or v.data_ptr() % 16):
+        qa, ka, va = q, k, v
+    else:
+        qa, ka, va = _aligned(q), _aligned(k), _aligned(v)
+    out = _qkv_outputs(plan, key, q.device, scratch)
     q8, qs, k8, ks, km, v8, vs = out
     result = []
 
     def ffi():
-        _compile_qkv_ffi(_TORCH_TO_CUTE[q.dtype], d, gran, bool(smooth_k), geom, None)(
-            qa, ka, va, q8, qs, k8, ks, km, v8.view(torch.uint8), vs, float(scale_max)
-        )
+        plan.compiled(qa, ka, va, q8, qs, k8, ks, km, v8.view(torch.uint8), vs, float(scale_max))
         result.append(out)
 
     _PATH.launch(ffi, lambda: result.append(standalone()))
