@@ -156,12 +156,12 @@ def _sm90_launch():
 
 def _run_sm90_prepared(prep: "PreparedCall", out_hnd: torch.Tensor | None = None):
     qi = prep.quantized
-    b, hq, lq, dp = qi.q_int8.shape
+    b, hq, lq, dp = qi.q.shape
     if out_hnd is None:
-        out_hnd = torch.empty(b, hq, lq, dp, dtype=prep.dtype, device=qi.q_int8.device)
-    lse = torch.empty(b, hq, lq, dtype=torch.float32, device=qi.q_int8.device) if prep.return_lse else None
+        out_hnd = torch.empty(b, hq, lq, dp, dtype=prep.dtype, device=qi.q.device)
+    lse = torch.empty(b, hq, lq, dtype=torch.float32, device=qi.q.device) if prep.return_lse else None
     _sm90_launch().attn_fwd_sm90(
-        qi.q_int8,
+        qi.q,
         qi.q_scale,
         qi.k_int8,
         qi.k_scale,
@@ -180,7 +180,7 @@ def _run_sm90_prepared(prep: "PreparedCall", out_hnd: torch.Tensor | None = None
 def _run_sm90(q, k, v, layout, is_causal, sm_scale, return_lse, gran, pv_accum, smooth_k):
     # the quantized tensors are this call's temporaries: reusable buffers
     prep = _prepare(q, k, v, layout, is_causal, sm_scale, return_lse, gran, pv_accum, smooth_k, scratch=True)
-    b, hq, lq, dp = prep.quantized.q_int8.shape
+    b, hq, lq, dp = prep.quantized.q.shape
     # Write straight into memory in the caller's layout; slice off head-dim padding.
     if layout == "HND":
         out = out_hnd = torch.empty(b, hq, lq, dp, dtype=q.dtype, device=q.device)
@@ -454,7 +454,11 @@ def _prepare(
     dp = reference.padded_head_dim(head_dim)
     if dp != head_dim:
         qh, kh, vh = (reference._pad_last(t, dp) for t in (qh, kh, vh))
-    qi = quantize_inputs(qh, kh, vh, granularity=gran, pv_accum=pv_accum, smooth_k=smooth_k, scratch=scratch)
+    # the sm90 kernel quantizes Q itself at these granularities (the ones dispatch offers)
+    fuse_q = gran in (QuantGranularity.PER_THREAD, QuantGranularity.PER_WARP)
+    qi = quantize_inputs(
+        qh, kh, vh, granularity=gran, pv_accum=pv_accum, smooth_k=smooth_k, scratch=scratch, fuse_q=fuse_q
+    )
     return PreparedCall(qi, q.dtype, is_causal, sm_scale, return_lse, head_dim)
 
 

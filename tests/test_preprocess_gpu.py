@@ -327,11 +327,14 @@ def test_qkv_one_launch_matches_reference(case):
     assert_finite(vs, v8, ks, qs)
     assert_bits_equal(vs, rs, "v_scale")
     assert_bits_equal(v8, r8, "v_fp8")
-    # deterministic: the same bits again
+    # deterministic: the same bits again; and without Q (the API's call: the attention
+    # kernel quantizes Q) the same K and V
     again = kern.quantize_qkv_cute(q, k, v, gran, smooth_k)
-    for x, y in zip((q8, qs, k8, ks, km, v8, vs), again):
+    kv_only = kern.quantize_qkv_cute(q, k, v, gran, smooth_k, with_q=False)
+    assert kv_only[0] is None and kv_only[1] is None
+    for x, y, z in zip((q8, qs, k8, ks, km, v8, vs), again, (q8, qs) + tuple(kv_only[2:])):
         if x is not None:
-            assert torch.equal(_bits(x), _bits(y))
+            assert torch.equal(_bits(x), _bits(y)) and torch.equal(_bits(x), _bits(z))
 
 
 def test_qkv_scratch_reuse_and_plan_cache():

@@ -43,10 +43,13 @@ def _variants():
         (cutlass.BFloat16, 128, True, W, PvAccum.FP32_FP32, False, cfg),
         (cutlass.Float16, 64, True, T, PvAccum.FP32_FP32, True, cfg),
         (cutlass.BFloat16, 64, False, W, PvAccum.FP32, False, cfg),
+        # Q quantized in the kernel (Note [Fused Q quantization]): the API's path
+        (cutlass.BFloat16, 128, False, T, PvAccum.FP32_FP32, True, cfg, cutlass.BFloat16),
+        (cutlass.Float16, 64, True, W, PvAccum.FP32_FP32, False, cfg, cutlass.Float16),
     ]
 
 
-@pytest.mark.parametrize("variant", range(4))
+@pytest.mark.parametrize("variant", range(6))
 def test_sm90_compiles_without_spills(variant, tmp_path):
     from sagecute.kernels.sm90.launch import compile_one_to_cubin
 
@@ -67,6 +70,8 @@ def test_sm90_compiles_without_spills(variant, tmp_path):
     assert s["USETMAXREG"] == 2, s
     assert r.summary["spills"] == 0 and r.summary["local_bytes"] == 0, r.summary
     assert r.summary["smem_bytes"] <= 227 * 1024
+    if len(v) > 7:  # fused Q: 16-byte bf16 reads and 8-byte int8 writes of the Q tile
+        assert raw["LDS.128"] >= 2 * (v[1] // 32), raw
 
 
 def test_sm90_can_implement():
@@ -80,6 +85,12 @@ def test_sm90_can_implement():
     assert not ok and "dtype" in why
     ok, why = can_implement(128, "bfloat16", pv_accum=PvAccum.FP32_FP16)
     assert not ok and "pv_accum" in why
+    from sagecute.kernels.sm90.attn_fwd import SageAttnFwdSm90
+
+    ok, why = SageAttnFwdSm90.can_implement(
+        cutlass.BFloat16, 128, QuantGranularity.PER_BLOCK, PvAccum.FP32_FP32, cutlass.BFloat16
+    )
+    assert not ok and "fused Q" in why
 
 
 def test_sm90_config_validation():

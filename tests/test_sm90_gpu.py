@@ -36,7 +36,8 @@ def _ids(c):
             f"{str(dtype)[6:]}-{gran.value}-{pv.value}")
 
 
-def run_case(d, causal, lq, lk, b, hq, hkv, layout, dtype, gran, pv, *, kind="outlier", seed=0, config=None):
+def run_case(d, causal, lq, lk, b, hq, hkv, layout, dtype, gran, pv, *, kind="outlier", seed=0, config=None,
+             fused_q=False):  # fmt: skip
     from sagecute import reference as ref
     from sagecute.kernels.sm90.launch import attn_fwd_sm90
 
@@ -62,6 +63,9 @@ def run_case(d, causal, lq, lk, b, hq, hkv, layout, dtype, gran, pv, *, kind="ou
     else:
         o = torch.full((b, lq, hq, d), float("nan"), device=dev, dtype=dtype).transpose(1, 2)
     lse = torch.full((b, hq, lq), float("nan"), device=dev, dtype=torch.float32)
+    if fused_q:  # the kernel quantizes Q (Note [Fused Q quantization]); NHD-strided for NHD cases
+        q_in = q.transpose(1, 2).contiguous().transpose(1, 2) if layout == "NHD" else q
+        q8, qs = q_in, None
     attn_fwd_sm90(q8, qs, k8, ks, v8, vs, o, lse, sm_scale=sm_scale, is_causal=causal,
                   granularity=gran, pv_accum=pv, config=config)
     torch.cuda.synchronize()
@@ -85,6 +89,16 @@ def _no_overlap():
 @pytest.mark.parametrize("case", CASES, ids=_ids)
 def test_sm90_vs_reference(case):
     _check(run_case(*case))
+
+
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+def test_sm90_fused_q_vs_reference(case):
+    """bf16/fp16 Q quantized inside the kernel: the same bounds, and the same bits as
+    the kernel fed the reference quantizer's int8 Q and scales."""
+    fused = run_case(*case, fused_q=True, seed=1)
+    _check(fused)
+    plain = run_case(*case, seed=1)
+    assert torch.equal(fused["o"], plain["o"]), "fused Q quantization differs from the reference quantizer"
 
 
 @pytest.mark.parametrize("case", [CASES[3], CASES[6], CASES[10]], ids=_ids)

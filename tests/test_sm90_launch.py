@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-pytest.importorskip("cutlass")
+cutlass = pytest.importorskip("cutlass")
 
 from sagecute.kernels.sm90 import launch  # noqa: E402
 from sagecute.quant_layout import LOG2E, SM90_GEOMETRY, PvAccum, QuantGranularity  # noqa: E402
@@ -93,7 +93,7 @@ def test_odd_output_strides_use_16_bit_stores(calls):
     _run(_args(o=o))
     _run(_args())
     odd, even = calls["compiles"]
-    assert odd[-1].vec_o_store is False and even[-1].vec_o_store is True
+    assert odd[6].vec_o_store is False and even[6].vec_o_store is True  # key[6]: the config
 
 
 def test_empty_problem_launches_nothing(calls):
@@ -115,3 +115,17 @@ def test_launch_path_falls_back_once_with_a_warning(monkeypatch):
         path.launch(broken, lambda: ran.append("pointer"))
     path.launch(broken, lambda: ran.append("pointer"))  # stays on the pointer path
     assert ran == ["ffi", "pointer", "pointer"] and path.current()[0] == "pointer"
+
+
+def test_fused_q_launch(calls):
+    """bf16 Q with no q_scale: the kernel quantizes Q (Note [Fused Q quantization])."""
+    args = _args()
+    args["q_int8"] = _aligned_empty(*args["q_int8"].shape, dtype=torch.bfloat16)
+    args["q_scale"] = None
+    _run(args)
+    (key,) = calls["compiles"]
+    assert key[-1] is cutlass.BFloat16
+    assert calls["launches"][0][1] is None
+    with pytest.raises(ValueError, match="fused Q"):
+        launch.attn_fwd_sm90(**args, sm_scale=0.1, is_causal=False, granularity=QuantGranularity.PER_BLOCK,
+                             pv_accum=PvAccum.FP32_FP32)  # fmt: skip

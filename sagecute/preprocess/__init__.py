@@ -21,8 +21,11 @@ from ..quant_layout import FP8_E4M3_MAX, FP8_SCALE_MAX_FP16_ACCUM, SM90_GEOMETRY
 class QuantizedInputs:
     """Everything an INT8-QK / FP8-PV kernel reads (HND, contiguous)."""
 
-    q_int8: torch.Tensor  # int8 [B, Hq, Lq, D]
-    q_scale: torch.Tensor  # fp32 [B, Hq, n_q]
+    # int8 [B, Hq, Lq, D] with q_scale fp32 [B, Hq, n_q]; or, with ``fuse_q``, the
+    # bf16/fp16 Q itself (16-byte aligned HND view) and q_scale None: the sm90 kernel
+    # quantizes it (Note [Fused Q quantization] in kernels/sm90/attn_fwd.py)
+    q: torch.Tensor
+    q_scale: torch.Tensor | None
     k_int8: torch.Tensor  # int8 [B, Hkv, Lk, D]
     k_scale: torch.Tensor  # fp32 [B, Hkv, n_k]
     v_fp8: torch.Tensor  # e4m3 [B, Hkv, D, Lk_pad]
@@ -52,17 +55,23 @@ def quantize_inputs(
     smooth_k: bool,
     use_cute: bool | None = None,
     scratch: bool = False,
+    fuse_q: bool = False,
 ) -> QuantizedInputs:
     """Quantize head-padded HND views (any strides, unit last stride). ``scratch``:
     outputs may live in buffers the next call with the same shapes reuses (the
-    API's per-call temporaries; Note [Preprocess host cost] in ``kernels.py``)."""
+    API's per-call temporaries; Note [Preprocess host cost] in ``kernels.py``).
+    ``fuse_q``: leave Q to the attention kernel where the CuTe DSL path runs (else Q
+    is quantized here as usual)."""
     scale_max = FP8_SCALE_MAX_FP16_ACCUM if pv_accum is PvAccum.FP32_FP16 else FP8_E4M3_MAX
     cute = _cute_quantizers() if (use_cute is not False and qh.is_cuda) else None
     if cute is not None:
         # one launch where it can (Q, K, V in ``kernels/common/quant_qkv.py``), else four
+        fuse_q = fuse_q and cute.fused_qkv_supported(qh, kh, vh)
         q8, qs, k8, ks, km, v8, vs = cute.quantize_qkv_cute(
-            qh, kh, vh, granularity, smooth_k, scale_max, scratch=scratch
+            qh, kh, vh, granularity, smooth_k, scale_max, scratch=scratch, with_q=not fuse_q
         )
+        if fuse_q:
+            q8 = cute.tma_ready(qh)
     else:
         km = reference.k_mean(kh) if smooth_k else None
         q8, qs = reference.quantize_qk_int8(qh, granularity, SM90_GEOMETRY, is_k=False)

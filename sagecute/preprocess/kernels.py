@@ -44,7 +44,7 @@ from .. import reference
 from ..kernels.common.quant_fp8 import QuantizeVFp8
 from ..kernels.common.quant_int8 import QuantizeInt8
 from ..kernels.common.quant_kmean import KMean
-from ..kernels.common.quant_qkv import QuantizeQKV
+from ..kernels.common.quant_qkv import QuantizeQKV, splits_for
 from ..launch_path import LaunchPath, tvm_ffi_available
 from ..quant_layout import FP8_E4M3_MAX, SM90_GEOMETRY, QuantGeometry, QuantGranularity
 
@@ -56,6 +56,7 @@ __all__ = [
     "quantize_qkv_cute",
     "fused_qkv_supported",
     "clear_scratch",
+    "tma_ready",
     "compile_all_preprocess",
     "preprocess_variants",
     "supported_head_dim",
@@ -174,12 +175,15 @@ def _compile_v_fp8_ffi(dtype, head_dim: int, geom: QuantGeometry, arch, extra: s
 # Q, K, V in one launch: TVM-FFI entry only (the pointer path runs the four
 # standalone kernels instead).
 @functools.cache
-def _compile_qkv_ffi(dtype, head_dim: int, gran: QuantGranularity, smooth_k: bool, geom: QuantGeometry, arch, extra=""):
-    op = QuantizeQKV(dtype, head_dim, gran, smooth_k, geom)
+def _compile_qkv_ffi(
+    dtype, head_dim: int, gran: QuantGranularity, smooth_k: bool, geom: QuantGeometry, splits: int, with_q: bool,
+    arch, extra="",
+):  # fmt: skip
+    op = QuantizeQKV(dtype, head_dim, gran, smooth_k, geom, splits, with_q)
     return cute.compile(
         op,
-        _fake_in(dtype, head_dim), _fake_in(dtype, head_dim), _fake_in(dtype, head_dim),
-        _fake_out(cutlass.Int8, 4, head_dim), _fake_out(Float32, 3),
+        _fake_in(dtype, head_dim) if with_q else None, _fake_in(dtype, head_dim), _fake_in(dtype, head_dim),
+        _fake_out(cutlass.Int8, 4, head_dim) if with_q else None, _fake_out(Float32, 3) if with_q else None,
         _fake_out(cutlass.Int8, 4, head_dim), _fake_out(Float32, 3),
         _fake_out(dtype, 4, head_dim) if smooth_k else None,
         _fake_out(cutlass.Uint8, 4), _fake_out(Float32, 3, head_dim),
@@ -227,10 +231,15 @@ def preprocess_variants(
             yield f"quant_v_fp8-{name}-d{d}", _compile_v_fp8, (dtype, d, geom)
             if ffi:
                 for gran in grans:
-                    yield (f"quant_qkv-{name}-d{d}-{gran.value}-ffi", _compile_qkv_ffi,
-                           (dtype, d, gran, True, geom))  # fmt: skip
-                yield (f"quant_qkv_nosmooth-{name}-d{d}-{grans[-1].value}-ffi", _compile_qkv_ffi,
-                       (dtype, d, grans[-1], False, geom))  # fmt: skip
+                    # the API's: K and V (the attention kernel quantizes Q), 8 and 16 splits
+                    yield (f"quant_kv-{name}-d{d}-{gran.value}-ffi", _compile_qkv_ffi,
+                           (dtype, d, gran, True, geom, 8, False))  # fmt: skip
+                    yield (f"quant_kv16-{name}-d{d}-{gran.value}-ffi", _compile_qkv_ffi,
+                           (dtype, d, gran, True, geom, 16, False))  # fmt: skip
+                yield (f"quant_qkv-{name}-d{d}-{grans[-1].value}-ffi", _compile_qkv_ffi,
+                       (dtype, d, grans[-1], True, geom, 8, True))  # fmt: skip
+                yield (f"quant_kv_nosmooth-{name}-d{d}-{grans[-1].value}-ffi", _compile_qkv_ffi,
+                       (dtype, d, grans[-1], False, geom, 8, False))  # fmt: skip
                 for gran in grans:
                     tag = f"{name}-d{d}-{gran.value}-ffi"
                     yield f"quant_q_int8-{tag}", _compile_int8_ffi, (dtype, d, gran, False, False, geom)
@@ -340,6 +349,12 @@ def _aligned(x: torch.Tensor) -> torch.Tensor:
     if x.stride(-1) == 1 and x.data_ptr() % 16 == 0 and all(st % _ALIGN_ELEMS == 0 for st in x.stride()[:-1]):
         return x
     return torch.empty(x.shape, dtype=x.dtype, device=x.device).copy_(x)
+
+
+def tma_ready(x: torch.Tensor) -> torch.Tensor:
+    """``x`` if TMA can read it (16-byte aligned base and strides, unit last stride),
+    else a contiguous copy: for Q handed to the attention kernel unquantized."""
+    return _aligned(x)
 
 
 def _geom_n_scales(length: int, gran: QuantGranularity, is_k: bool, geom: QuantGeometry) -> int:
@@ -455,7 +470,8 @@ def quantize_v_fp8_cute(v: torch.Tensor, scale_max: float = FP8_E4M3_MAX, geom: 
 
 
 def fused_qkv_supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geom: QuantGeometry = SM90_GEOMETRY) -> bool:
-    """Whether ``quantize_qkv_cute`` runs the one-launch kernel for these inputs."""
+    """Whether ``quantize_qkv_cute`` runs the one-launch kernel for these inputs (``q``
+    is checked even when it is left to the attention kernel)."""
     return (
         q.dtype == k.dtype == v.dtype
         and q.dtype in _TORCH_TO_CUTE
@@ -475,7 +491,7 @@ class _QkvPlan:
     output shapes."""
 
     compiled: object
-    shapes: tuple  # (shape, dtype) of q8, qs, k8, ks, k_mean (None without smooth_k), v8, vs
+    shapes: tuple  # (shape, dtype) of q8, qs (None without q), k8, ks, k_mean (None without smooth_k), v8, vs
     aligned_strides: bool
 
 
@@ -489,15 +505,15 @@ def clear_scratch() -> None:
     _SCRATCH.clear()
 
 
-def _qkv_plan(q, k, v, gran, smooth_k: bool, geom: QuantGeometry) -> _QkvPlan:
+def _qkv_plan(q, k, v, gran, smooth_k: bool, geom: QuantGeometry, with_q: bool) -> _QkvPlan:
     gran = QuantGranularity(gran)
     for name, t in (("q", q), ("k", k), ("v", v)):
         _check_input(t, name)
     b, hq, lq, d = q.shape
     hkv, lk = k.shape[1], k.shape[2]
     shapes = (
-        ((b, hq, lq, d), torch.int8),
-        ((b, hq, geom.num_q_scales(lq, gran)), torch.float32),
+        ((b, hq, lq, d), torch.int8) if with_q else None,
+        ((b, hq, geom.num_q_scales(lq, gran)), torch.float32) if with_q else None,
         ((b, hkv, lk, d), torch.int8),
         ((b, hkv, geom.num_k_scales(lk, gran)), torch.float32),
         ((b, hkv, 1, d), q.dtype) if smooth_k else None,
@@ -506,7 +522,8 @@ def _qkv_plan(q, k, v, gran, smooth_k: bool, geom: QuantGeometry) -> _QkvPlan:
     )
     compiled = None
     if fused_qkv_supported(q, k, v, geom):
-        compiled = _compile_qkv_ffi(_TORCH_TO_CUTE[q.dtype], d, gran, bool(smooth_k), geom, None)
+        splits = splits_for(lk, geom.blk_k)
+        compiled = _compile_qkv_ffi(_TORCH_TO_CUTE[q.dtype], d, gran, bool(smooth_k), geom, splits, with_q, None)
     aligned = all(
         t.stride(-1) == 1 and all(st % _ALIGN_ELEMS == 0 for st in t.stride()[:-1]) for t in (q, k, v)
     )
@@ -535,9 +552,11 @@ def quantize_qkv_cute(
     geom: QuantGeometry = SM90_GEOMETRY,
     *,
     scratch: bool = False,
+    with_q: bool = True,
 ):
     """Q int8, K (smoothed) int8 and V fp8 -> ``(q_int8, q_scale, k_int8, k_scale,
-    k_mean | None, v_fp8, v_scale)``, each as the standalone quantizers return it.
+    k_mean | None, v_fp8, v_scale)``, each as the standalone quantizers return it;
+    ``with_q=False``: K and V only, ``q_int8`` and ``q_scale`` are None.
 
     One launch (``kernels/common/quant_qkv.py``) on the TVM-FFI path when
     ``fused_qkv_supported``; otherwise, or on the pointer path, the standalone kernels.
@@ -555,17 +574,17 @@ def quantize_qkv_cute(
     has read them). Not during CUDA graph capture.
     """
     key = (q.shape, q.stride(), k.shape, k.stride(), v.shape, v.stride(), q.dtype, k.dtype, v.dtype,
-           q.device, gran, bool(smooth_k), geom)  # fmt: skip
+           q.device, gran, bool(smooth_k), geom, with_q)  # fmt: skip
     plan = _QKV_PLANS.get(key)
     if plan is None:
-        plan = _qkv_plan(q, k, v, gran, smooth_k, geom)
+        plan = _qkv_plan(q, k, v, gran, smooth_k, geom, with_q)
         if len(_QKV_PLANS) > 1024:
             _QKV_PLANS.clear()
         _QKV_PLANS[key] = plan
 
     def standalone():
         g = QuantGranularity(gran)
-        q8, qs = _quantize_int8(q, g, False, None, geom)
+        q8, qs = _quantize_int8(q, g, False, None, geom) if with_q else (None, None)
         k8, ks, km = quantize_k_int8_cute(k, g, smooth_k, geom)
         v8, vs = quantize_v_fp8_cute(v, scale_max, geom)
         return q8, qs, k8, ks, km, v8, vs
@@ -575,13 +594,13 @@ def quantize_qkv_cute(
     if plan.aligned_strides and not (q.data_ptr() % 16 or k.data_ptr() % 16 or v.data_ptr() % 16):
         qa, ka, va = q, k, v
     else:
-        qa, ka, va = _aligned(q), _aligned(k), _aligned(v)
+        qa, ka, va = _aligned(q) if with_q else q, _aligned(k), _aligned(v)
     out = _qkv_outputs(plan, key, q.device, scratch)
     q8, qs, k8, ks, km, v8, vs = out
     result = []
 
     def ffi():
-        plan.compiled(qa, ka, va, q8, qs, k8, ks, km, v8.view(torch.uint8), vs, float(scale_max))
+        plan.compiled(qa if with_q else None, ka, va, q8, qs, k8, ks, km, v8.view(torch.uint8), vs, float(scale_max))
         result.append(out)
 
     _PATH.launch(ffi, lambda: result.append(standalone()))

@@ -80,15 +80,18 @@ def pack_e4m3x4(x0, x1, x2, x3, *, loc=None, ip=None) -> Int32:
     )
 
 
+def quantize_int8(x: Float32, inv: Float32) -> Int32:
+    """``clamp(round_even(x * inv), -127, 127)`` as an int32. Rounding before the clamp
+    equals the reference's order because the bounds are integers."""
+    r = round_even(x * inv)
+    return f32_to_s32(cute.arch.fmin(cute.arch.fmax(r, Float32(-127.0)), Float32(127.0)))
+
+
 def quantize_int8x4(x0: Float32, x1: Float32, x2: Float32, x3: Float32, inv: Float32) -> Int32:
-    """``clamp(round_even(x * inv), -127, 127)`` for four values, packed as int8x4
-    (``x0`` in byte 0). Rounding before the clamp equals the reference's order
-    because the bounds are integers."""
+    """``quantize_int8`` of four values packed as int8x4 (``x0`` in byte 0)."""
     word = Int32(0)
     for i, x in enumerate((x0, x1, x2, x3)):
-        r = round_even(x * inv)
-        r = cute.arch.fmin(cute.arch.fmax(r, Float32(-127.0)), Float32(127.0))
-        word = word | ((f32_to_s32(r) & Int32(0xFF)) << Int32(8 * i))
+        word = word | ((quantize_int8(x, inv) & Int32(0xFF)) << Int32(8 * i))
     return word
 
 
@@ -139,3 +142,16 @@ def widen_f32(x, *, loc=None, ip=None) -> Float32:
     src = "bf16" if isinstance(x, cutlass.BFloat16) else "f16"
     bits = llvm.bitcast(T.i16(), x.ir_value(loc=loc, ip=ip), loc=loc, ip=ip)
     return Float32(_asm(T.f32(), f"cvt.f32.{src} $0, $1;", "=f,h", [bits]))
+
+
+@dsl_user_op
+def recompute_here(x, *, loc=None, ip=None) -> Int32:
+    """``x`` through a side-effecting ``mov``: values derived from it are computed
+    where this is called, not hoisted out of an enclosing loop (addresses that only
+    depend on the thread index would otherwise stay live through a whole mainloop)."""
+    return Int32(
+        llvm.inline_asm(
+            T.i32(), [Int32(x).ir_value(loc=loc, ip=ip)], "mov.b32 $0, $1;", "=r,r",
+            has_side_effects=True, is_align_stack=False,
+        )
+    )  # fmt: skip

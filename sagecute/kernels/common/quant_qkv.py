@@ -2,7 +2,8 @@
 
 Replaces the four launches of the standalone quantizers (Q int8, K mean, K int8,
 V fp8) on the sm90 path. 128 threads per CTA, grid ``(2 C + ceil(nq / C) C, Hq, B)``
-in clusters of ``C = CLUSTER`` CTAs along x; x picks the CTA's role:
+in clusters of ``C`` CTAs along x (``C`` = ``splits``: 8, or 16 from
+``Lk >= 2048`` on, ``splits_for``); x picks the CTA's role:
 
   ``[0, C)``    K split ``s``: 128-token blocks ``s, s + C, ...`` of one (batch, kv head)
   ``[C, 2C)``   V split ``s``: the same blocks of V
@@ -56,7 +57,13 @@ from .quant_math import div_rn, gmem_vec, ld_shared_cluster_f32, warp_max_bfly, 
 VEC = 8
 NUM_THREADS = 128
 NUM_WARPS = NUM_THREADS // 32
-CLUSTER = 8  # K/V splits per (batch, head); portable cluster size limit
+SPLIT_CHOICES = (8, 16)  # K/V splits per (batch, head) = cluster size; 16 is non-portable
+
+
+def splits_for(seqlen_k: int, blk: int = 128) -> int:
+    """K/V splits for ``seqlen_k``: 16 once every split gets a block (smaller chunks
+    per CTA, so pass 2's re-reads more often hit L2), else 8."""
+    return 16 if seqlen_k >= 16 * blk else 8
 
 
 class QuantizeQKV:
@@ -64,13 +71,24 @@ class QuantizeQKV:
     smooth_k, geometry) in one launch."""
 
     def __init__(
-        self, dtype: Type[Numeric], head_dim: int, gran: QuantGranularity, smooth_k: bool, geom: QuantGeometry
+        self,
+        dtype: Type[Numeric],
+        head_dim: int,
+        gran: QuantGranularity,
+        smooth_k: bool,
+        geom: QuantGeometry,
+        splits: int = SPLIT_CHOICES[0],
+        with_q: bool = True,
     ):
-        if not self.can_implement(dtype, head_dim, geom):
+        if not self.can_implement(dtype, head_dim, geom) or splits not in SPLIT_CHOICES:
             raise ValueError(f"unsupported fused QKV quantizer config: {dtype}, head_dim={head_dim}, {geom}")
         self.dtype = dtype
         self.head_dim = head_dim
         self.smooth_k = smooth_k
+        self.splits = splits
+        # False: K and V only (the attention kernel quantizes Q itself, Note [Fused Q
+        # quantization] in kernels/sm90/attn_fwd.py); the grid then has Hkv rows
+        self.with_q = with_q
         self.blk = geom.blk_k
         self.q_quant = QuantizeInt8(dtype, head_dim, gran, False, False, geom)
         self.k_quant = QuantizeInt8(dtype, head_dim, gran, True, smooth_k, geom)
@@ -93,11 +111,11 @@ class QuantizeQKV:
     @cute.jit
     def __call__(
         self,
-        mQ: cute.Tensor,  # dtype (B, Hq, Lq, D), strides divisible by 8, unit last stride
+        mQ: Optional[cute.Tensor],  # dtype (B, Hq, Lq, D), strides divisible by 8, unit last stride
         mK: cute.Tensor,  # dtype (B, Hkv, Lk, D), likewise
         mV: cute.Tensor,  # dtype (B, Hkv, Lk, D), likewise
-        mQ8: cute.Tensor,  # int8 (B, Hq, Lq, D) contiguous
-        mQs: cute.Tensor,  # fp32 (B, Hq, nq) contiguous
+        mQ8: Optional[cute.Tensor],  # int8 (B, Hq, Lq, D) contiguous (None: with_q False)
+        mQs: Optional[cute.Tensor],  # fp32 (B, Hq, nq) contiguous
         mK8: cute.Tensor,  # int8 (B, Hkv, Lk, D) contiguous
         mKs: cute.Tensor,  # fp32 (B, Hkv, nk) contiguous
         mKm: Optional[cute.Tensor],  # dtype (B, Hkv, 1, D) contiguous, smooth_k only
@@ -106,12 +124,14 @@ class QuantizeQKV:
         scale_max: Float32,
         stream: cuda.CUstream,
     ):
-        q_blocks = (mQ.shape[2] + self.blk - 1) // self.blk
-        q_ctas = (q_blocks + CLUSTER - 1) // CLUSTER * CLUSTER
+        q_ctas, heads = 0, mK.shape[1]
+        if const_expr(self.with_q):
+            q_blocks = (mQ.shape[2] + self.blk - 1) // self.blk
+            q_ctas, heads = (q_blocks + self.splits - 1) // self.splits * self.splits, mQ.shape[1]
         self.kernel(mQ, mK, mV, mQ8, mQs, mK8, mKs, mKm, mV8, mVs, scale_max).launch(
-            grid=[2 * CLUSTER + q_ctas, mQ.shape[1], mQ.shape[0]],
+            grid=[2 * self.splits + q_ctas, heads, mK.shape[0]],
             block=[NUM_THREADS, 1, 1],
-            cluster=[CLUSTER, 1, 1],
+            cluster=[self.splits, 1, 1],
             smem=self.smem_bytes(),
             stream=stream,
         )
@@ -124,11 +144,11 @@ class QuantizeQKV:
     @cute.kernel
     def kernel(
         self,
-        mQ: cute.Tensor,
+        mQ: Optional[cute.Tensor],
         mK: cute.Tensor,
         mV: cute.Tensor,
-        mQ8: cute.Tensor,
-        mQs: cute.Tensor,
+        mQ8: Optional[cute.Tensor],
+        mQs: Optional[cute.Tensor],
         mK8: cute.Tensor,
         mKs: cute.Tensor,
         mKm: Optional[cute.Tensor],
@@ -145,8 +165,8 @@ class QuantizeQKV:
         s_chan = smem.allocate_tensor(Float32, cute.make_layout(self.head_dim), byte_alignment=16)
         s_mean = smem.allocate_tensor(self.dtype, cute.make_layout(self.head_dim), byte_alignment=16)
 
-        role = x // CLUSTER
-        split = x % CLUSTER
+        role = x // self.splits
+        split = x % self.splits
         if role == 0:
             if head < mK.shape[1]:
                 self.k_split(mK, mK8, mKs, mKm, batch, head, split, tid, s_block, s_warp, s_split, s_mean)
@@ -154,7 +174,8 @@ class QuantizeQKV:
             if head < mV.shape[1]:
                 self.v_split(mV, mV8, mVs, scale_max, batch, head, split, tid, s_warp, s_split, s_chan)
         else:
-            self.q_block(mQ, mQ8, mQs, batch, head, x - 2 * CLUSTER, tid, s_block)
+            if const_expr(self.with_q):
+                self.q_block(mQ, mQ8, mQs, batch, head, x - 2 * self.splits, tid, s_block)
 
     @cute.jit
     def q_block(self, mQ: cute.Tensor, mQ8: cute.Tensor, mQs: cute.Tensor, batch, head, blk_idx, tid, s_block):
@@ -187,7 +208,7 @@ class QuantizeQKV:
             acc = cute.make_rmem_tensor(cute.make_layout(VEC), Float32)
             acc.fill(0.0)
             for i in cutlass.range(n_mine):
-                self.k_quant.load_rows(rX, mK.iterator, base, stride_l, split + i * CLUSTER, seqlen, tid)
+                self.k_quant.load_rows(rX, mK.iterator, base, stride_l, split + i * self.splits, seqlen, tid)
                 for r in cutlass.range_constexpr(self.k_quant.rows_per_thread):
                     acc.store(acc.load() + rX[None, r].load().to(Float32))
             self.reduce_columns(acc, tid, s_warp, s_split, is_max=False)
@@ -200,7 +221,7 @@ class QuantizeQKV:
         bh = Int64(batch) * Int64(mK.shape[1]) + Int64(head)
         k8 = cute.recast_ptr(mK8.iterator, dtype=Int32)
         for t in cutlass.range(n_mine):
-            blk_idx = split + (n_mine - 1 - t) * CLUSTER
+            blk_idx = split + (n_mine - 1 - t) * self.splits
             if const_expr(self.smooth_k):
                 if t > 0:
                     self.k_quant.load_rows(rX, mK.iterator, base, stride_l, blk_idx, seqlen, tid)
@@ -230,7 +251,7 @@ class QuantizeQKV:
         amax.fill(0.0)
         for i in cutlass.range(n_mine):
             if active:
-                group = (split + i * CLUSTER) * self.groups_per_block + group_in_block
+                group = (split + i * self.splits) * self.groups_per_block + group_in_block
                 self.v_quant.load_group(rX, mV.iterator, base, stride_l, group, seqlen)
                 for e in cutlass.range_constexpr(VEC):
                     for j in cutlass.range_constexpr(GROUP):
@@ -253,7 +274,7 @@ class QuantizeQKV:
         v8 = cute.recast_ptr(mV8.iterator, dtype=Int32)
         for t in cutlass.range(n_mine):
             if active:
-                group = (split + (n_mine - 1 - t) * CLUSTER) * self.groups_per_block + group_in_block
+                group = (split + (n_mine - 1 - t) * self.splits) * self.groups_per_block + group_in_block
                 if t > 0:
                     self.v_quant.load_group(rX, mV.iterator, base, stride_l, group, seqlen)
                 self.v_quant.store_group(rX, rInv, v8, row0, group, padded_len // 4)
@@ -274,7 +295,7 @@ class QuantizeQKV:
     def blocks_of_split(self, seqlen, split):
         """How many of the ``ceil(seqlen / blk)`` blocks split ``split`` owns."""
         n_blocks = (seqlen + self.blk - 1) // self.blk
-        return (n_blocks - split + CLUSTER - 1) // CLUSTER
+        return (n_blocks - split + self.splits - 1) // self.splits
 
     @cute.jit
     def reduce_columns(self, vals: cute.Tensor, tid, s_warp: cute.Tensor, s_split: cute.Tensor, is_max: cutlass.Constexpr):
@@ -310,7 +331,7 @@ class QuantizeQKV:
         cute.arch.cluster_wait()  # every split's s_split written (acquire)
         v = Float32(0.0)
         if tid < self.head_dim:
-            for rank in cutlass.range_constexpr(CLUSTER):
+            for rank in cutlass.range_constexpr(self.splits):
                 remote = ld_shared_cluster_f32(cute.arch.map_dsmem_ptr(s_split.iterator + tid, Int32(rank)))
                 if const_expr(is_max):
                     v = cute.arch.fmax(v, remote)

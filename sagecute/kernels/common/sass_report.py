@@ -21,7 +21,7 @@ import sys
 from typing import Optional
 
 OPCODES = ("IGMMA", "QGMMA", "HGMMA", "UTMALDG", "UTMASTG", "MUFU.EX2", "LDL", "STL", "BAR.SYNC",
-           "USETMAXREG", "F2FP", "I2FP", "SHFL")
+           "USETMAXREG", "F2FP", "I2FP", "SHFL", "LDS.128")
 
 # .nv.info attribute ids (cuda ELF "EIATTR_*")
 _EIATTR_FRAME_SIZE = 0x11

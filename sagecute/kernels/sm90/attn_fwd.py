@@ -49,7 +49,10 @@ from cutlass.cute.nvgpu import cpasync, warpgroup
 from sagecute.kernels.common import softmax as softmax_utils
 from sagecute.kernels.common import wgmma
 from sagecute.kernels.common.tile_scheduler import StaticTileScheduler
+from sagecute.kernels.common.quant_math import div_rn, quantize_int8, recompute_here, warp_max_bfly
 from sagecute.quant_layout import (
+    INT8_AMAX_FLOOR,
+    INT8_MAX,
     P_FP8_OFFSET_LOG2,
     SM90_GEOMETRY,
     PvAccum,
@@ -59,6 +62,22 @@ from sagecute.quant_layout import (
 
 # 1.5 * 2^23: fp32 with bits 0x4B400000; x = S + MAGIC_I2F_BIAS is exact for |S| < 2^22
 MAGIC_I2F_BIAS = 12582912.0
+
+
+# Note [Fused Q quantization]
+# ---------------------------
+# With bf16/fp16 Q (``q_dtype``) the producer TMAs the Q tile as is and each consumer
+# warpgroup quantizes its own 64 rows into the int8 operand tile, once per tile:
+# thread (warp w, lane l) takes rows w*16 + l//4 and +8 -- the rows its S accumulator
+# holds -- and channels (l%4)*8 + 32j. per_thread Q scale groups are exactly those two
+# rows (``QuantGeometry.q_scale_index``), so their amax is a max over the quad; per_warp
+# groups are the warp's 16 rows, a max over the warp. Each thread so gets its own rows'
+# q_scale in registers. The arithmetic is the reference quantizer's (Note [Bit-exact
+# quantizer arithmetic]): rows past Lq are TMA zero fill, as the reference pads them.
+# The int8 rows go to smem with generic stores, so a proxy fence and a warpgroup barrier
+# come before the first QK WGMMA reads them. per_block groups span both warpgroups: not
+# fused. Saves the preprocessing's Q pass (read bf16, write int8 and scales).
+FUSED_Q_GRANULARITIES = (QuantGranularity.PER_THREAD, QuantGranularity.PER_WARP)
 
 
 class WarpRole(enum.IntEnum):
@@ -71,6 +90,8 @@ class NamedBarrier(enum.IntEnum):
     # 0 is __syncthreads
     WARP_SCHEDULER_WG1 = 1
     WARP_SCHEDULER_WG2 = 2
+    Q_QUANT_WG1 = 3  # fused Q quantization: a warpgroup's int8 rows are in smem
+    Q_QUANT_WG2 = 4
 
 
 @dataclass(frozen=True)
@@ -192,10 +213,15 @@ class SageAttnFwdSm90:
         pv_accum: PvAccum,
         has_lse: bool,
         config: AttnFwdConfigSm90,
+        q_dtype: Type[cutlass.Numeric] = cutlass.Int8,
     ):
-        ok, why = self.can_implement(out_dtype, head_dim, granularity, pv_accum)
+        ok, why = self.can_implement(out_dtype, head_dim, granularity, pv_accum, q_dtype)
         if not ok:
             raise ValueError(why)
+        # Int8: Q arrives quantized (q_scale given); bf16/fp16: the consumers quantize
+        # it (Note [Fused Q quantization])
+        self.q_dtype = q_dtype
+        self.fuse_q = q_dtype is not cutlass.Int8
         self.out_dtype = out_dtype
         self.head_dim = head_dim
         self.is_causal = is_causal
@@ -208,11 +234,20 @@ class SageAttnFwdSm90:
         self.num_stages = config.num_stages
         self.intra_wg_overlap = config.intra_wg_overlap
         self.promote_under_qk = config.early_promote and pv_accum == PvAccum.FP32_FP32
+        # release sQ after the tile's last QK (a fused Q's input tile is released as
+        # soon as it is quantized instead)
+        self.early_q_release = config.intra_wg_overlap and config.early_q_release and not self.fuse_q
         self.num_consumer_wg = self.tile_m // 64
         self.num_threads = self.num_threads_per_wg * (1 + self.num_consumer_wg)
 
     @staticmethod
-    def can_implement(out_dtype, head_dim: int, granularity: QuantGranularity, pv_accum: PvAccum):
+    def can_implement(
+        out_dtype, head_dim: int, granularity: QuantGranularity, pv_accum: PvAccum, q_dtype=cutlass.Int8
+    ):
+        if q_dtype not in (cutlass.Int8, cutlass.BFloat16, cutlass.Float16):
+            return False, f"q must be int8 (quantized) or bf16/fp16, got {q_dtype}"
+        if q_dtype is not cutlass.Int8 and granularity not in FUSED_Q_GRANULARITIES:
+            return False, f"fused Q quantization supports {[g.value for g in FUSED_Q_GRANULARITIES]}"
         if head_dim not in (64, 128):
             return False, f"head_dim must be 64 or 128, got {head_dim}"
         if out_dtype not in (cutlass.BFloat16, cutlass.Float16):
@@ -224,16 +259,18 @@ class SageAttnFwdSm90:
         return True, ""
 
     def smem_bytes(self) -> int:
-        """Dynamic shared memory: mbarriers (padded to 1 KiB), Q, K and V^T stages."""
+        """Dynamic shared memory: mbarriers (padded to 1 KiB), Q (plus the bf16/fp16 Q
+        tile when fused), K and V^T stages."""
         d = self.head_dim
-        return 1024 + self.tile_m * d + self.num_stages * (self.tile_n * d + d * self.tile_n)
+        q_in = self.tile_m * d * 2 if self.fuse_q else 0
+        return 1024 + self.tile_m * d + q_in + self.num_stages * (self.tile_n * d + d * self.tile_n)
 
     # ------------------------------------------------------------------ host
     @cute.jit
     def __call__(
         self,
-        mQ: cute.Tensor,  # int8 [B, Hq, Lq, D]
-        mQScale: cute.Tensor,  # fp32 [B, Hq, nq]
+        mQ: cute.Tensor,  # int8 [B, Hq, Lq, D], or q_dtype bf16/fp16 when fused
+        mQScale: Optional[cute.Tensor],  # fp32 [B, Hq, nq]; None when fused
         mK: cute.Tensor,  # int8 [B, Hkv, Lk, D]
         mKScale: cute.Tensor,  # fp32 [B, Hkv, nk]
         mV: cute.Tensor,  # e4m3 [B, Hkv, D, Lpad] (or its uint8 view)
@@ -276,6 +313,10 @@ class SageAttnFwdSm90:
         )
 
         sQ_layout = wgmma.make_smem_layout_k_major(cutlass.Int8, self.tile_m, D)
+        # TMA destination of Q: the int8 operand itself, or the bf16/fp16 tile to quantize
+        sQin_layout = wgmma.make_smem_layout_k_major(self.q_dtype, self.tile_m, D) if const_expr(
+            self.fuse_q
+        ) else sQ_layout
         sK_layout = wgmma.make_smem_layout_k_major(cutlass.Int8, self.tile_n, D, self.num_stages)
         sVt_layout = wgmma.make_smem_layout_k_major(
             cutlass.Float8E4M3FN, D, self.tile_n, self.num_stages
@@ -284,10 +325,11 @@ class SageAttnFwdSm90:
         sVt_tile = cute.select(sVt_layout, mode=[0, 1])
 
         tma_op = cpasync.CopyBulkTensorTileG2SOp()
-        tma_atom_Q, tma_Q = cpasync.make_tiled_tma_atom(tma_op, mQ, sQ_layout, (self.tile_m, D))
+        tma_atom_Q, tma_Q = cpasync.make_tiled_tma_atom(tma_op, mQ, sQin_layout, (self.tile_m, D))
         tma_atom_K, tma_K = cpasync.make_tiled_tma_atom(tma_op, mK, sK_tile, (self.tile_n, D))
         tma_atom_V, tma_Vt = cpasync.make_tiled_tma_atom(tma_op, mVt, sVt_tile, (D, self.tile_n))
-        self.tma_bytes_Q = self.tile_m * D
+        self.tma_bytes_Q = self.tile_m * D * self.q_dtype.width // 8
+        sQin_size = cute.cosize(sQin_layout) if const_expr(self.fuse_q) else 64
         self.tma_bytes_K = self.tile_n * D
         self.tma_bytes_V = D * self.tile_n
 
@@ -297,6 +339,7 @@ class SageAttnFwdSm90:
             mbar_K: cute.struct.MemRange[cutlass.Int64, self.num_stages * 2]
             mbar_V: cute.struct.MemRange[cutlass.Int64, self.num_stages * 2]
             sQ: cute.struct.Align[cute.struct.MemRange[cutlass.Int8, cute.cosize(sQ_layout)], 1024]
+            sQin: cute.struct.Align[cute.struct.MemRange[self.q_dtype, sQin_size], 1024]  # fused Q only
             sK: cute.struct.Align[cute.struct.MemRange[cutlass.Int8, cute.cosize(sK_layout)], 1024]
             sVt: cute.struct.Align[
                 cute.struct.MemRange[cutlass.Float8E4M3FN, cute.cosize(sVt_layout)], 1024
@@ -323,6 +366,7 @@ class SageAttnFwdSm90:
             tiled_mma_qk,
             tiled_mma_pv,
             sQ_layout,
+            sQin_layout,
             sK_layout,
             sVt_layout,
             softmax_scale_log2,
@@ -342,7 +386,7 @@ class SageAttnFwdSm90:
         mQ: cute.Tensor,  # TMA tensor (Lq, D, Hq, B)
         mK: cute.Tensor,  # TMA tensor (Lk, D, Hkv, B)
         mVt: cute.Tensor,  # TMA tensor (D, Lpad, Hkv, B)
-        mQScale: cute.Tensor,
+        mQScale: Optional[cute.Tensor],
         mKScale: cute.Tensor,
         mVScale: cute.Tensor,
         mO: cute.Tensor,  # (Lq, D, Hq, B)
@@ -353,6 +397,7 @@ class SageAttnFwdSm90:
         tiled_mma_qk: cute.TiledMma,
         tiled_mma_pv: cute.TiledMma,
         sQ_layout: cute.ComposedLayout,
+        sQin_layout: cute.ComposedLayout,
         sK_layout: cute.ComposedLayout,
         sVt_layout: cute.ComposedLayout,
         softmax_scale_log2: Float32,
@@ -388,6 +433,9 @@ class SageAttnFwdSm90:
         cute.arch.sync_threads()
 
         sQ = storage.sQ.get_tensor(sQ_layout.outer, swizzle=sQ_layout.inner)
+        sQin = sQ  # where TMA puts Q
+        if const_expr(self.fuse_q):
+            sQin = storage.sQin.get_tensor(sQin_layout.outer, swizzle=sQin_layout.inner)
         sK = storage.sK.get_tensor(sK_layout.outer, swizzle=sK_layout.inner)
         sVt = storage.sVt.get_tensor(sVt_layout.outer, swizzle=sVt_layout.inner)
 
@@ -403,7 +451,7 @@ class SageAttnFwdSm90:
                 cute.arch.setmaxregister_decrease(self.config.producer_regs)
             if warp_idx == 0:
                 self.load(
-                    mQ, mK, mVt, sQ, sK, sVt, tma_atom_Q, tma_atom_K, tma_atom_V,
+                    mQ, mK, mVt, sQin, sK, sVt, tma_atom_Q, tma_atom_K, tma_atom_V,
                     pipeline_q, pipeline_k, pipeline_v, sched, seqlen_k, qhead_per_kvhead,
                 )
         else:
@@ -411,7 +459,7 @@ class SageAttnFwdSm90:
                 cute.arch.setmaxregister_increase(self.config.consumer_regs)
             tidx = cute.arch.thread_idx()[0] - self.num_threads_per_wg
             self.consumer(
-                tidx, sQ, sK, sVt, mQScale, mKScale, mVScale, mO, mLSE,
+                tidx, sQ, sQin, sK, sVt, mQScale, mKScale, mVScale, mO, mLSE,
                 tiled_mma_qk, tiled_mma_pv, pipeline_q, pipeline_k, pipeline_v,
                 sched, seqlen_q, seqlen_k, qhead_per_kvhead, softmax_scale_log2,
             )
@@ -499,9 +547,10 @@ class SageAttnFwdSm90:
         self,
         tidx: Int32,
         sQ: cute.Tensor,
+        sQin: cute.Tensor,
         sK: cute.Tensor,
         sVt: cute.Tensor,
-        mQScale: cute.Tensor,
+        mQScale: Optional[cute.Tensor],
         mKScale: cute.Tensor,
         mVScale: cute.Tensor,
         mO: cute.Tensor,
@@ -568,8 +617,13 @@ class SageAttnFwdSm90:
             m_block, head, batch = sched.decode(tile)
             head_kv = head // qhead_per_kvhead
             n_block_max = self.n_block_max(m_block, seqlen_k)
-            row0 = m_block * self.tile_m + row_in_tile
-            q_scale = Float32(mQScale[batch, head, self.q_scale_index(row0)])
+            if const_expr(self.fuse_q):
+                pipeline_q.consumer_wait(q_state)
+                q_scale = self.quantize_q(sQin, sQ, wg_idx, warp_in_wg, lane)
+                pipeline_q.consumer_release(q_state)  # the bf16/fp16 tile is consumed
+            else:
+                row0 = m_block * self.tile_m + row_in_tile
+                q_scale = Float32(mQScale[batch, head, self.q_scale_index(row0)])
             qk_scale_log2 = q_scale * softmax_scale_log2
             row_max.fill(-Float32.inf)
             row_sum.fill(0.0)
@@ -585,7 +639,8 @@ class SageAttnFwdSm90:
                 wg_idx=wg_idx,
                 m_block=m_block, seqlen_k=seqlen_k,
             )
-            pipeline_q.consumer_wait(q_state)
+            if const_expr(not self.fuse_q):
+                pipeline_q.consumer_wait(q_state)
             if const_expr(self.intra_wg_overlap):
                 kv_state = self.mainloop_overlap(
                     ctx, kv_state, n_block_max, tiled_mma_qk, tiled_mma_pv, pipeline_k, pipeline_v,
@@ -600,7 +655,7 @@ class SageAttnFwdSm90:
                     ctx, kv_state, n_block_max - 1, tiled_mma_qk, tiled_mma_pv, pipeline_k, pipeline_v,
                     is_last=True,
                 )
-            if const_expr(not (self.intra_wg_overlap and self.config.early_q_release)):
+            if const_expr(not (self.fuse_q or self.early_q_release)):
                 pipeline_q.consumer_release(q_state)
             q_state.advance()
 
@@ -609,6 +664,41 @@ class SageAttnFwdSm90:
                 m_block, head, head_kv, batch, seqlen_q, lane, row_in_tile, col_in_block,
             )
             tile += sched.grid_stride()
+
+    @cute.jit
+    def quantize_q(self, sQin: cute.Tensor, sQ: cute.Tensor, wg_idx: Int32, warp_in_wg: Int32, lane: Int32):
+        """Note [Fused Q quantization]: this thread's share of its warpgroup's rows,
+        sQin -> sQ int8; returns the q_scale of this thread's S rows."""
+        D = self.head_dim
+        n_vec = D // 32  # 8-channel vectors per row and thread
+        lane = recompute_here(lane)  # the 16 smem addresses: per tile, not live through the mainloop
+        row = wg_idx * 64 + warp_in_wg * 16 + lane // 4
+        col0 = (lane % 4) * 8
+        rX = cute.make_rmem_tensor(cute.make_layout((8, 2, n_vec)), self.q_dtype)
+        for r in cutlass.range_constexpr(2):
+            for j in cutlass.range_constexpr(n_vec):
+                src = cute.local_tile(sQin[row + 8 * r, None], (8,), (col0 // 8 + 4 * j,))
+                rX[None, r, j].store(src.load())
+        amax = Float32(0.0)
+        for i in cutlass.range_constexpr(cute.size(rX)):
+            amax = cute.arch.fmax(amax, abs(rX[i].to(Float32)))
+        amax = warp_max_bfly(amax, 0b11 if const_expr(self.granularity == QuantGranularity.PER_THREAD) else 31)
+        amax = cute.arch.fmax(amax, Float32(INT8_AMAX_FLOOR))
+        inv = div_rn(Float32(INT8_MAX), amax)
+        # int8 elements copied into the swizzled view (one STS.64 per vector): recasting
+        # that view to Int32 put rows other than 0 at the wrong addresses
+        q8 = cute.make_rmem_tensor(cute.make_layout(8), cutlass.Int8)
+        for r in cutlass.range_constexpr(2):
+            for j in cutlass.range_constexpr(n_vec):
+                x = rX[None, r, j].load().to(Float32)
+                for e in cutlass.range_constexpr(8):
+                    q8[e] = quantize_int8(x[e], inv).to(cutlass.Int8)
+                dst = cute.local_tile(sQ[row + 8 * r, None], (8,), (col0 // 8 + 4 * j,))
+                cute.autovec_copy(q8, dst)
+        # the QK WGMMAs (async proxy) read what these generic stores wrote
+        cute.arch.fence_proxy("async.shared", space="cta")
+        cute.arch.barrier(barrier_id=int(NamedBarrier.Q_QUANT_WG1) + wg_idx, number_of_threads=self.num_threads_per_wg)
+        return div_rn(amax, Float32(INT8_MAX))
 
     @cute.jit
     def q_scale_index(self, row: Int32) -> Int32:
@@ -807,7 +897,7 @@ class SageAttnFwdSm90:
         wgmma.gemm(tiled_mma_qk, ctx.acc_S, ctx.tSrQ, ctx.tSrK[None, None, None, kv_state.index],
                    zero_init=True, wg_wait=0)
         pipeline_k.consumer_release(kv_state)
-        if const_expr(self.config.early_q_release):
+        if const_expr(self.early_q_release):
             if n_block_max == 1:
                 pipeline_q.consumer_release(q_state)  # that was the tile's last QK
         self.softmax_step(ctx, scale, 0, mask=True)
@@ -830,7 +920,7 @@ class SageAttnFwdSm90:
         if n_block_max > 1:
             self.overlap_step(ctx, kv_state, v_state, n_block_max - 1, tiled_mma_qk, tiled_mma_pv,
                               pipeline_k, pipeline_v, mask=True,
-                              pipeline_q=pipeline_q if const_expr(self.config.early_q_release) else None,
+                              pipeline_q=pipeline_q if const_expr(self.early_q_release) else None,
                               q_state=q_state)
             v_state = kv_state.clone()
             kv_state.advance()

@@ -33,6 +33,18 @@ from sagecute.quant_layout import (
 )
 
 _OUT_DTYPES = {"bfloat16": cutlass.BFloat16, "float16": cutlass.Float16}
+# q as the kernel takes it: int8 (quantized, with q_scale), or bf16/fp16 quantized in
+# the kernel (Note [Fused Q quantization] in attn_fwd.py)
+_Q_DTYPES = {"int8": cutlass.Int8, "bfloat16": cutlass.BFloat16, "float16": cutlass.Float16}
+
+
+def _q_dtype(dtype) -> type:
+    if isinstance(dtype, type) and issubclass(dtype, cutlass.Numeric):
+        return dtype
+    name = str(dtype).replace("torch.", "")
+    if name not in _Q_DTYPES:
+        raise ValueError(f"q must be int8, bfloat16 or float16, got {dtype}")
+    return _Q_DTYPES[name]
 
 
 def _out_dtype(dtype) -> type:
@@ -65,9 +77,10 @@ def _sym():
     return cute.sym_int()
 
 
-def _fake_args(out_dtype, head_dim: int, has_lse: bool, ffi: bool = False, o_div: int = 1):
+def _fake_args(out_dtype, head_dim: int, has_lse: bool, ffi: bool = False, o_div: int = 1, q_dtype=cutlass.Int8):
     """Fake tensors with symbolic sizes/strides (last stride 1). ``ffi``: the TVM-FFI
-    entry's contract (V as uint8, TMA operands with 16-byte multiple strides)."""
+    entry's contract (V as uint8, TMA operands with 16-byte multiple strides). A
+    bf16/fp16 ``q_dtype`` (fused Q quantization) has no q_scale."""
     B, Hq, Hkv, Lq, Lk, Lp = (_sym() for _ in range(6))
     nq, nk = _sym(), _sym()
     D = head_dim
@@ -79,8 +92,11 @@ def _fake_args(out_dtype, head_dim: int, has_lse: bool, ffi: bool = False, o_div
         return fake(dtype, shape, stride=strides, assumed_align=align)
 
     tma_div = 16 if ffi else 1  # elements of 1 byte: 16-byte strides for TMA
-    q = contig(cutlass.Int8, (B, Hq, Lq, D), 16, tma_div)
-    qs = contig(cutlass.Float32, (B, Hq, nq), 4)
+    if q_dtype is cutlass.Int8:
+        q = contig(cutlass.Int8, (B, Hq, Lq, D), 16, tma_div)
+        qs = contig(cutlass.Float32, (B, Hq, nq), 4)
+    else:
+        q, qs = contig(q_dtype, (B, Hq, Lq, D), 16, 8), None
     k = contig(cutlass.Int8, (B, Hkv, Lk, D), 16, tma_div)
     ks = contig(cutlass.Float32, (B, Hkv, nk), 4)
     v = contig(cutlass.Uint8 if ffi else cutlass.Float8E4M3FN, (B, Hkv, D, Lp), 16, tma_div)
@@ -93,9 +109,10 @@ def _fake_args(out_dtype, head_dim: int, has_lse: bool, ffi: bool = False, o_div
 _COMPILED: dict = {}
 
 
-def _compile_key(out_dtype, head_dim, is_causal, granularity, pv_accum, has_lse, config) -> tuple:
+def _compile_key(out_dtype, head_dim, is_causal, granularity, pv_accum, has_lse, config, q_dtype=cutlass.Int8):
     """Exactly what changes the generated code (STYLE.md): nothing shape-dependent."""
-    return (_out_dtype(out_dtype), head_dim, bool(is_causal), granularity, pv_accum, has_lse, config)
+    return (_out_dtype(out_dtype), head_dim, bool(is_causal), granularity, pv_accum, has_lse, config,
+            _q_dtype(q_dtype))  # fmt: skip
 
 
 def compile_attn_fwd_sm90(
@@ -106,20 +123,21 @@ def compile_attn_fwd_sm90(
     pv_accum: PvAccum,
     has_lse: bool,
     config: AttnFwdConfigSm90,
+    q_dtype=cutlass.Int8,
     example_args: Optional[tuple] = None,
 ):
     """Compile (cached) one kernel variant; the cache key is exactly the arguments
     before ``example_args``. ``example_args`` are the runtime arguments of the first
     call (cute tensors with dynamic layouts, scalars, stream); without them the
     variant is compiled from fake tensors with symbolic shapes (no GPU needed)."""
-    key = _compile_key(out_dtype, head_dim, is_causal, granularity, pv_accum, has_lse, config)
-    out_dtype = key[0]
+    key = _compile_key(out_dtype, head_dim, is_causal, granularity, pv_accum, has_lse, config, q_dtype)
+    out_dtype, q_dtype = key[0], key[-1]
     if example_args is not None and key in _COMPILED:
         return _COMPILED[key]
-    kernel = SageAttnFwdSm90(out_dtype, head_dim, is_causal, granularity, pv_accum, has_lse, config)
+    kernel = SageAttnFwdSm90(out_dtype, head_dim, is_causal, granularity, pv_accum, has_lse, config, q_dtype)
     if example_args is None:
         # AOT check only: not cached, the runtime path compiles from its real arguments
-        example_args = (*_fake_args(out_dtype, head_dim, has_lse), cutlass.Float32(1.0),
+        example_args = (*_fake_args(out_dtype, head_dim, has_lse, q_dtype=q_dtype), cutlass.Float32(1.0),
                         cutlass.Int32(1), cute.runtime.make_fake_stream())
         return cute.compile(kernel, *example_args)
     compiled = cute.compile(kernel, *example_args)
@@ -138,14 +156,16 @@ def compile_attn_fwd_sm90_ffi(
     pv_accum: PvAccum,
     has_lse: bool,
     config: AttnFwdConfigSm90,
+    q_dtype=cutlass.Int8,
 ):
     """The TVM-FFI entry of the same kernel (Note [Two launch paths]): compiled once per
     key from fake tensors with symbolic shapes; takes torch tensors directly."""
-    key = _compile_key(out_dtype, head_dim, is_causal, granularity, pv_accum, has_lse, config)
-    out_dtype = key[0]
+    key = _compile_key(out_dtype, head_dim, is_causal, granularity, pv_accum, has_lse, config, q_dtype)
+    out_dtype, q_dtype = key[0], key[-1]
     if key not in _COMPILED_FFI:
-        kernel = SageAttnFwdSm90(out_dtype, head_dim, is_causal, granularity, pv_accum, has_lse, config)
-        args = _fake_args(out_dtype, head_dim, has_lse, ffi=True, o_div=2 if config.vec_o_store else 1)
+        kernel = SageAttnFwdSm90(out_dtype, head_dim, is_causal, granularity, pv_accum, has_lse, config, q_dtype)
+        args = _fake_args(out_dtype, head_dim, has_lse, ffi=True, o_div=2 if config.vec_o_store else 1,
+                          q_dtype=q_dtype)  # fmt: skip
         _COMPILED_FFI[key] = cute.compile(
             kernel, *args, cutlass.Float32(1.0), cutlass.Int32(1),
             cute.runtime.make_fake_stream(use_tvm_ffi_env_stream=True),
@@ -181,9 +201,12 @@ def _check_layouts(q_int8, q_scale, k_int8, k_scale, v_fp8, v_scale, o, lse) -> 
     """dtypes, devices, and what TMA needs of strides: last stride 1, 16-byte multiples."""
     import torch
 
-    want = {"q_int8": (q_int8, torch.int8), "k_int8": (k_int8, torch.int8),
-            "v_fp8": (v_fp8, torch.float8_e4m3fn), "q_scale": (q_scale, torch.float32),
+    want = {"k_int8": (k_int8, torch.int8), "v_fp8": (v_fp8, torch.float8_e4m3fn),
             "k_scale": (k_scale, torch.float32), "v_scale": (v_scale, torch.float32)}
+    if q_scale is None:  # fused Q quantization: q is bf16/fp16
+        want["q"] = (q_int8, q_int8.dtype if q_int8.dtype in (torch.bfloat16, torch.float16) else torch.bfloat16)
+    else:
+        want.update(q_int8=(q_int8, torch.int8), q_scale=(q_scale, torch.float32))
     if lse is not None:
         want["lse"] = (lse, torch.float32)
         if tuple(lse.shape) != tuple(q_int8.shape[:3]):
@@ -250,21 +273,23 @@ def _plan(q_int8, q_scale, k_int8, k_scale, v_fp8, v_scale, o, lse, is_causal, g
     g = SM90_GEOMETRY
     if tuple(v_fp8.shape) != (B, Hkv, D, g.padded_kv_len(Lk)):
         raise ValueError(f"v_fp8 must be [B,Hkv,D,{g.padded_kv_len(Lk)}], got {tuple(v_fp8.shape)}")
-    if q_scale.shape[-1] < g.num_q_scales(Lq, granularity) or k_scale.shape[-1] < g.num_k_scales(Lk, granularity):
+    q_short = q_scale is not None and q_scale.shape[-1] < g.num_q_scales(Lq, granularity)
+    if q_short or k_scale.shape[-1] < g.num_k_scales(Lk, granularity):
         raise ValueError("q_scale/k_scale too short for the granularity")
     if o.shape != q_int8.shape or o.stride(-1) != 1:
         raise ValueError("o must be [B,Hq,Lq,D] with last stride 1")
     _check_layouts(q_int8, q_scale, k_int8, k_scale, v_fp8, v_scale, o, lse)
     if Lq == 0 or Lk == 0 or B == 0:
         return _LaunchPlan(None, 0)
-    ok, why = can_implement(D, o.dtype, granularity, pv_accum)
+    q_dtype = _q_dtype(q_int8.dtype)
+    ok, why = SageAttnFwdSm90.can_implement(_out_dtype(o.dtype), D, granularity, pv_accum, q_dtype)
     if not ok:
         raise ValueError(why)
     config = config or AttnFwdConfigSm90.default(D)
     # o's base is 16-byte aligned (_check_pointers), so only its strides decide this
     if config.vec_o_store and any(st % 2 for st in o.stride()[:-1]):
         config = dataclasses.replace(config, vec_o_store=False)  # odd strides: 16-bit stores
-    key = _compile_key(o.dtype, D, is_causal, granularity, pv_accum, lse is not None, config)
+    key = _compile_key(o.dtype, D, is_causal, granularity, pv_accum, lse is not None, config, q_dtype)
     return _LaunchPlan(key, _num_sms(o.device.index or 0) if config.persistent else 2**30)
 
 
@@ -286,7 +311,9 @@ def attn_fwd_sm90(
 ) -> None:
     """Run the sm90 kernel; writes ``o`` (and ``lse`` when given) in place.
 
-    Shapes (HND): q_int8 [B,Hq,Lq,D] int8, q_scale [B,Hq,nq] fp32, k_int8 [B,Hkv,Lk,D],
+    Shapes (HND): q_int8 [B,Hq,Lq,D] int8 with q_scale [B,Hq,nq] fp32, or q_int8 the
+    bf16/fp16 Q itself with q_scale None (quantized in the kernel, per_thread/per_warp
+    only: Note [Fused Q quantization] in attn_fwd.py), k_int8 [B,Hkv,Lk,D],
     k_scale [B,Hkv,nk], v_fp8 [B,Hkv,D,Lpad] e4m3, v_scale [B,Hkv,D], o [B,Hq,Lq,D]
     bf16/fp16 with any strides (last stride 1), lse None or fp32 [B,Hq,Lq].
     """
@@ -324,7 +351,7 @@ def _launch_pointer(key, q_int8, q_scale, k_int8, k_scale, v_fp8, v_scale, o, ls
     stream = cuda.CUstream(torch.cuda.current_stream(o.device).cuda_stream)
     args = (
         _to_cute(q_int8),
-        _to_cute(q_scale, 4),
+        _to_cute(q_scale, 4) if q_scale is not None else None,
         _to_cute(k_int8),
         _to_cute(k_scale, 4),
         _to_cute(v_fp8),
@@ -358,7 +385,7 @@ class CompileResult:
         return self.problem
 
 
-def variant_name(out_dtype, head_dim, is_causal, granularity, pv_accum, has_lse, config) -> str:
+def variant_name(out_dtype, head_dim, is_causal, granularity, pv_accum, has_lse, config, q_dtype=cutlass.Int8) -> str:
     default = AttnFwdConfigSm90.default(head_dim)
     tweaks = "".join(
         f"_{f}={getattr(config, f)}" for f in config.__dataclass_fields__ if getattr(config, f) != getattr(default, f)
@@ -367,6 +394,7 @@ def variant_name(out_dtype, head_dim, is_causal, granularity, pv_accum, has_lse,
         f"sm90_{_out_dtype(out_dtype).__name__.lower()}_d{head_dim}"
         f"_{'causal' if is_causal else 'full'}_{granularity.value}"
         f"_{pv_accum.value.replace('+', '_')}{'_lse' if has_lse else ''}{tweaks}"
+        f"{'' if _q_dtype(q_dtype) is cutlass.Int8 else '_fusedq'}"
     )
 
 
@@ -378,8 +406,12 @@ def all_variants(quick: bool = False):
             for gran in (QuantGranularity.PER_THREAD, QuantGranularity.PER_WARP):
                 if quick and (gran is QuantGranularity.PER_WARP or is_causal == (head_dim == 128)):
                     continue
+                # the API's path: Q quantized in the kernel (Note [Fused Q quantization])
                 yield (cutlass.BFloat16, head_dim, is_causal, gran, PvAccum.FP32_FP32, True,
-                       AttnFwdConfigSm90.default(head_dim))
+                       AttnFwdConfigSm90.default(head_dim), cutlass.BFloat16)
+                if not quick:  # pre-quantized Q (prepare_inputs with per_block, tests)
+                    yield (cutlass.BFloat16, head_dim, is_causal, gran, PvAccum.FP32_FP32, True,
+                           AttnFwdConfigSm90.default(head_dim))
 
 
 def _summary(sass: dict, kernel: SageAttnFwdSm90) -> dict:
@@ -403,9 +435,10 @@ def compile_one_to_cubin(variant, out_dir: str) -> CompileResult:
     os.makedirs(vdir, exist_ok=True)
     t0 = time.time()
     try:
-        out_dtype, head_dim, is_causal, gran, pv, has_lse, config = variant
-        kernel = SageAttnFwdSm90(_out_dtype(out_dtype), head_dim, is_causal, gran, pv, has_lse, config)
-        args = _fake_args(_out_dtype(out_dtype), head_dim, has_lse)
+        out_dtype, head_dim, is_causal, gran, pv, has_lse, config = variant[:7]
+        q_dtype = _q_dtype(variant[7]) if len(variant) > 7 else cutlass.Int8
+        kernel = SageAttnFwdSm90(_out_dtype(out_dtype), head_dim, is_causal, gran, pv, has_lse, config, q_dtype)
+        args = _fake_args(_out_dtype(out_dtype), head_dim, has_lse, q_dtype=q_dtype)
         with sass_report.keep_artifacts(vdir):
             cute.compile(kernel, *args, cutlass.Float32(1.0), cutlass.Int32(1), cute.runtime.make_fake_stream())
         cubin = sass_report.find_cubin(vdir)
