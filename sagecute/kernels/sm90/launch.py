@@ -38,23 +38,22 @@ _OUT_DTYPES = {"bfloat16": cutlass.BFloat16, "float16": cutlass.Float16}
 _Q_DTYPES = {"int8": cutlass.Int8, "bfloat16": cutlass.BFloat16, "float16": cutlass.Float16}
 
 
-def _q_dtype(dtype) -> type:
+def _cutlass_dtype(dtype, table: dict, what: str) -> type:
+    """torch dtype / cutlass type / name -> the cutlass type ``table`` allows."""
     if isinstance(dtype, type) and issubclass(dtype, cutlass.Numeric):
         return dtype
     name = str(dtype).replace("torch.", "")
-    if name not in _Q_DTYPES:
-        raise ValueError(f"q must be int8, bfloat16 or float16, got {dtype}")
-    return _Q_DTYPES[name]
+    if name not in table:
+        raise ValueError(f"{what} must be {' or '.join(table)}, got {dtype}")
+    return table[name]
+
+
+def _q_dtype(dtype) -> type:
+    return _cutlass_dtype(dtype, _Q_DTYPES, "q")
 
 
 def _out_dtype(dtype) -> type:
-    """torch dtype / cutlass type / name -> cutlass type."""
-    if isinstance(dtype, type) and issubclass(dtype, cutlass.Numeric):
-        return dtype
-    name = str(dtype).replace("torch.", "")
-    if name not in _OUT_DTYPES:
-        raise ValueError(f"output dtype must be bfloat16 or float16, got {dtype}")
-    return _OUT_DTYPES[name]
+    return _cutlass_dtype(dtype, _OUT_DTYPES, "output dtype")
 
 
 def can_implement(
