@@ -22,6 +22,7 @@ import cProfile
 import io
 import pstats
 import statistics
+import sys
 import time
 import warnings
 from collections import defaultdict
@@ -153,6 +154,16 @@ def _stages(call, n: int, cuda: bool, sleep_cycles: int) -> dict:
     return per_call
 
 
+def _import_path(file: str) -> str:
+    """``file`` relative to the ``sys.path`` entry it was imported from (no machine
+    paths in the recorded output), without the ``sagecute/`` prefix."""
+    for root in sorted((p for p in sys.path if p), key=len, reverse=True):
+        if file.startswith(root.rstrip("/") + "/"):
+            file = file[len(root.rstrip("/")) + 1 :]
+            break
+    return file.removeprefix("sagecute/")
+
+
 def _profile(call, n: int, cuda: bool, sleep_cycles: int, top: int) -> str:
     """cProfile of ``n`` calls (the GPU asleep, as in the timed loop), in us per call."""
     prof = cProfile.Profile()
@@ -161,7 +172,7 @@ def _profile(call, n: int, cuda: bool, sleep_cycles: int, top: int) -> str:
     rows = sorted(stats.items(), key=lambda kv: -kv[1][2])[:top]
     lines = [f"{'calls':>6} {'self us':>8} {'cum us':>8}  function"]
     for (file, line, name), (_, ncalls, tottime, cumtime, _) in rows:
-        where = f"{file.split('/site-packages/')[-1].split('/sagecute/')[-1]}:{line}" if line else ""
+        where = f"{_import_path(file)}:{line}" if line else ""
         lines.append(f"{ncalls / n:6.1f} {tottime / n * 1e6:8.2f} {cumtime / n * 1e6:8.2f}  {name} {where}")
     return "\n".join(lines)
 

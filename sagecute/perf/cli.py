@@ -521,6 +521,19 @@ def report_only(path: str, out: str | None, plots: bool = True) -> int:
     return 0
 
 
+def _portable_path(value):
+    """An absolute path as recorded in results: relative to the working directory
+    when inside it, else its last component (results must not name this machine)."""
+    if not isinstance(value, str) or not os.path.isabs(value):
+        return value
+    rel = os.path.relpath(value)
+    return rel if not rel.startswith("..") else os.path.join("...", os.path.basename(value.rstrip("/")))
+
+
+def _portable_config(args: dict, argv: list[str]) -> dict:
+    return dict({k: _portable_path(v) for k, v in args.items()}, argv=[_portable_path(a) for a in argv])
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
@@ -546,7 +559,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": dev,
         "versions": versions(),
         "peaks": datasheet_peaks(dev["name"]),
-        "config": dict(vars(args), argv=argv),
+        "config": _portable_config(vars(args), argv),
         "peers": {},
         "notes": [],
         "skips": [],
