@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from . import dispatch, reference
+from .plan_cache import cached_plan
 from .preprocess import QuantizedInputs, quantize_inputs
 from .quant_layout import PvAccum, QuantGranularity
 
@@ -345,17 +346,18 @@ def _make_plan(q, k, v, tensor_layout, is_causal, sm_scale, kwargs) -> _CallPlan
     )  # fmt: skip
 
 
-# Call signature -> _CallPlan. Validation and dispatch read only what the key
-# holds (tensor classes, shapes, strides, dtypes, devices; the options with their
-# types, so 1 is not taken for True); re-running them on every call cost more host
-# time than a short sequence's kernels take (perf/host_overhead.py).
+# Call signature -> _CallPlan (Note [Plan caches]). Validation and dispatch read only
+# what the key holds (tensor classes, shapes, strides, dtypes, devices; the options
+# with their types, so 1 is not taken for True).
 _PLANS: dict = {}
-_MAX_PLANS = 4096
 
 
 def _plan(q, k, v, tensor_layout, is_causal, sm_scale, kwargs) -> _CallPlan:
+    def build() -> _CallPlan:
+        return _make_plan(q, k, v, tensor_layout, is_causal, sm_scale, kwargs)
+
     if torch.compiler.is_compiling() or kwargs.get("attn_mask") is not None:
-        return _make_plan(q, k, v, tensor_layout, is_causal, sm_scale, kwargs)  # nothing cached
+        return build()  # nothing cached
     try:
         key = (
             q.__class__, q.shape, q.stride(), q.dtype, q.device,
@@ -364,15 +366,9 @@ def _plan(q, k, v, tensor_layout, is_causal, sm_scale, kwargs) -> _CallPlan:
             tensor_layout, is_causal, is_causal.__class__, sm_scale, sm_scale.__class__,
             tuple((name, x, x.__class__) for name, x in kwargs.items()) if kwargs else (),
         )  # fmt: skip
-        plan = _PLANS.get(key)
-    except Exception:  # noqa: BLE001 - not tensors, unhashable options: the checks say what is wrong
-        return _make_plan(q, k, v, tensor_layout, is_causal, sm_scale, kwargs)
-    if plan is None:
-        plan = _make_plan(q, k, v, tensor_layout, is_causal, sm_scale, kwargs)
-        if len(_PLANS) >= _MAX_PLANS:
-            _PLANS.clear()
-        _PLANS[key] = plan
-    return plan
+        return cached_plan(_PLANS, key, build)
+    except Exception:  # noqa: BLE001 - not tensors, unhashable options, bad input: the checks say what is wrong
+        return build()
 
 
 def sageattn_varlen(

@@ -46,6 +46,7 @@ from ..kernels.common.quant_int8 import QuantizeInt8
 from ..kernels.common.quant_kmean import KMean
 from ..kernels.common.quant_qkv import QuantizeQKV, splits_for
 from ..launch_path import LaunchPath, tvm_ffi_available
+from ..plan_cache import cached_plan
 from ..quant_layout import FP8_E4M3_MAX, SM90_GEOMETRY, QuantGeometry, QuantGranularity
 
 __all__ = [
@@ -568,19 +569,14 @@ def quantize_qkv_cute(
     On the GPU hosts a ``torch.empty`` costs ~10 us of CPU, and checking three
     inputs and deciding the path ~30 us: as much as the GPU work at L=1k. So the
     checks run once per argument signature (shapes, strides, dtypes, device,
-    options; cached in ``_QKV_PLANS``), only the pointers' alignment is checked
+    options; ``_QKV_PLANS``, Note [Plan caches]), only the pointers' alignment is checked
     per call, and the API's calls reuse their output buffers (``scratch``; stream
     order makes that safe: the next call's kernel runs after this call's attention
     has read them). Not during CUDA graph capture.
     """
     key = (q.shape, q.stride(), k.shape, k.stride(), v.shape, v.stride(), q.dtype, k.dtype, v.dtype,
            q.device, gran, bool(smooth_k), geom, with_q)  # fmt: skip
-    plan = _QKV_PLANS.get(key)
-    if plan is None:
-        plan = _qkv_plan(q, k, v, gran, smooth_k, geom, with_q)
-        if len(_QKV_PLANS) > 1024:
-            _QKV_PLANS.clear()
-        _QKV_PLANS[key] = plan
+    plan = cached_plan(_QKV_PLANS, key, lambda: _qkv_plan(q, k, v, gran, smooth_k, geom, with_q))
 
     def standalone():
         g = QuantGranularity(gran)

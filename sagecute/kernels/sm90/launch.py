@@ -25,6 +25,7 @@ import cutlass.cute as cute
 
 from sagecute.kernels.sm90.attn_fwd import AttnFwdConfigSm90, SageAttnFwdSm90
 from sagecute.launch_path import LaunchPath, tvm_ffi_available  # noqa: F401 - re-exported for tests
+from sagecute.plan_cache import cached_plan
 from sagecute.quant_layout import (
     LOG2E,
     SM90_GEOMETRY,
@@ -254,7 +255,6 @@ class _LaunchPlan:
 # but the pointers' alignment, and the compile key; re-deriving them (and hashing
 # the key) on every call was a third of a short call's host time.
 _PLANS: dict = {}
-_MAX_PLANS = 4096
 
 
 def _signature(tensors, is_causal, granularity, pv_accum, config) -> tuple:
@@ -318,12 +318,7 @@ def attn_fwd_sm90(
     """
     args = (q_int8, q_scale, k_int8, k_scale, v_fp8, v_scale, o, lse)
     sig = _signature(args, is_causal, granularity, pv_accum, config)
-    plan = _PLANS.get(sig)
-    if plan is None:
-        plan = _plan(*args, is_causal, granularity, pv_accum, config)
-        if len(_PLANS) >= _MAX_PLANS:
-            _PLANS.clear()
-        _PLANS[sig] = plan
+    plan = cached_plan(_PLANS, sig, lambda: _plan(*args, is_causal, granularity, pv_accum, config))
     _check_pointers(q_int8, k_int8, v_fp8, o)
     if plan.key is None:
         return
