@@ -572,3 +572,16 @@ def test_exact_attention_uses_project_reference_in_fp32(monkeypatch):
 
 def test_bench_ms_is_exported():
     assert callable(timing.bench_ms)  # used by `python -m sagecute demo`
+
+
+def test_host_overhead_fake_mode_runs():
+    """perf/host_overhead.py --fake: the API's Python path with CUDA-free stand-ins."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "perf" / "host_overhead.py"
+    r = subprocess.run([sys.executable, str(script), "--fake", "--n", "5", "--rounds", "1", "--top", "3"],
+                       capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "host time per call" in r.stdout
