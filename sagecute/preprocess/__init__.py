@@ -65,8 +65,8 @@ def quantize_inputs(
     scale_max = FP8_SCALE_MAX_FP16_ACCUM if pv_accum is PvAccum.FP32_FP16 else FP8_E4M3_MAX
     cute = _cute_quantizers() if (use_cute is not False and qh.is_cuda) else None
     if cute is not None:
-        # one launch where it can (Q, K, V in ``kernels/common/quant_qkv.py``), else four
-        fuse_q = fuse_q and cute.fused_qkv_supported(qh, kh, vh)
+        # one launch where it can (``kernels/common/quant_qkv.py``), else the standalone
+        # kernels; with fuse_q either path leaves Q out and the attention kernel takes it
         q8, qs, k8, ks, km, v8, vs = cute.quantize_qkv_cute(
             qh, kh, vh, granularity, smooth_k, scale_max, scratch=scratch, with_q=not fuse_q
         )
