@@ -2,7 +2,8 @@
 
 Dataflow per CTA work tile (128 query rows of one (batch, head)):
 
-* producer warpgroup, warp 0: TMA Q (int8, once per tile), then for every KV block
+* producer warpgroup, warp 0: TMA Q (once per tile: int8, or bf16/fp16 that each
+  consumer warpgroup quantizes into the int8 tile, Note [Fused Q quantization]), then for every KV block
   K (int8 ``[tile_n, D]``) and V^T (e4m3 ``[D, tile_n]``, token axis permuted per 16)
   through ``num_stages``-deep ``PipelineTmaAsync`` mbarrier pipelines.
 * two consumer warpgroups (64 rows each), KV blocks in ascending order:
