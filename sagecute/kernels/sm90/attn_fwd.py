@@ -149,6 +149,9 @@ class AttnFwdConfigSm90:
     # Together with reduce_partials 4 (alone it is not faster at d128), H100 L8192 vs
     # neither: d128 full +0%, causal +4..9%; d64 full +4%, causal +7%
     int_row_max: bool = True
+    # causal: LPT order inside L2-sized sections of (batch, head) pairs (Note [LPT in L2
+    # sections]); False: one section (every head's longest tile in the first wave)
+    l2_sections: bool = True
 
     def __post_init__(self) -> None:
         if self.tile_m != 128:
@@ -440,12 +443,17 @@ class SageAttnFwdSm90:
         sK = storage.sK.get_tensor(sK_layout.outer, swizzle=sK_layout.inner)
         sVt = storage.sVt.get_tensor(sVt_layout.outer, swizzle=sVt_layout.inner)
 
-        sched = StaticTileScheduler(
-            num_m_blocks, cute.size(mQ.shape[2]), cute.size(mQ.shape[3]), lpt=self.is_causal
-        )
         seqlen_q = cute.size(mQ.shape[0])
         seqlen_k = cute.size(mK.shape[0])
         qhead_per_kvhead = cute.size(mQ.shape[2]) // cute.size(mK.shape[2])
+        section_heads = None
+        if const_expr(self.is_causal and self.config.l2_sections):
+            # int8 K + e4m3 V of one KV head
+            section_heads = StaticTileScheduler.section_heads_for(seqlen_k * (2 * self.head_dim), qhead_per_kvhead)
+        sched = StaticTileScheduler(
+            num_m_blocks, cute.size(mQ.shape[2]), cute.size(mQ.shape[3]), lpt=self.is_causal,
+            section_heads=section_heads,
+        )
 
         if warp_idx // 4 == int(WarpRole.PRODUCER_WG):
             if const_expr(self.config.use_setmaxnreg):
@@ -890,8 +898,7 @@ class SageAttnFwdSm90:
     ) -> pipeline.PipelineState:
         """Intra-warpgroup overlap: QK(n) and PV(n-1) are in flight together and
         softmax(n) runs under PV(n-1). Blocks run in ascending order (the order the
-        reference's online softmax uses); only the last block is masked (the first
-        block is masked too: the mask is a no-op on blocks that need none)."""
+        reference's online softmax uses); only the last block is masked."""
         # ---- block 0: QK, softmax; its PV is issued in the next step
         scale = self.load_qk_scale(ctx, 0)
         pipeline_k.consumer_wait(kv_state)
@@ -901,7 +908,11 @@ class SageAttnFwdSm90:
         if const_expr(self.early_q_release):
             if n_block_max == 1:
                 pipeline_q.consumer_release(q_state)  # that was the tile's last QK
-        self.softmax_step(ctx, scale, 0, mask=True)
+        # only a tile's last block can need a mask (key tail, causal diagonal)
+        if n_block_max == 1:
+            self.softmax_step(ctx, scale, 0, mask=True)
+        else:
+            self.softmax_step(ctx, scale, 0, mask=False)
         self.convert_p(ctx)
         if const_expr(self.pv_accum == PvAccum.FP32):
             self.rescale_o(ctx.acc_O, ctx.row_scale)

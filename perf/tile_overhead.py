@@ -1,0 +1,104 @@
+"""Where the sm90 kernel's time goes per work tile (GPU): kernel-only timings over
+shapes of equal FLOPs that differ in KV blocks per tile, and config A/B.
+
+    python perf/tile_overhead.py [--configs default,no_l2_sections] [--iters 20]
+    python perf/tile_overhead.py --ncu-one 1024   # one launch, for ncu to profile
+
+Q goes in as bf16 (quantized in the kernel, as the API runs it); K/V pre-quantized.
+For each head_dim, ``t(Lq, Lk)`` at B4 H32 is timed for (1k,1k), (8k,1k), (1k,8k),
+(8k,8k). With a per-tile cost of ``x`` blocks and ``c`` per block,
+t ~ tiles/SMs * (blocks + x) * c; the fit of x uses (8k,1k) [8 blocks per tile] and
+(8k,8k) [64]: same tile count, so waves and launch costs cancel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from sagecute import reference as ref  # noqa: E402
+from sagecute.kernels.sm90.bench import CONFIG_VARIANTS, _variant  # noqa: E402
+from sagecute.kernels.sm90.launch import attn_fwd_sm90  # noqa: E402
+from sagecute.quant_layout import SM90_GEOMETRY, QuantGranularity  # noqa: E402
+
+CONFIG_VARIANTS.setdefault("no_l2_sections", (dict(l2_sections=False), None))
+CONFIG_VARIANTS.setdefault("stages3", (dict(num_stages=3), None))
+
+
+def make_runner(b, h, lq, lk, d, causal, config, pv):
+    gran = QuantGranularity.PER_THREAD
+    q = torch.randn(b, h, lq, d, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(b, h, lk, d, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn(b, h, lk, d, device="cuda", dtype=torch.bfloat16)
+    k8, ks = ref.quantize_qk_int8(k, gran, SM90_GEOMETRY, is_k=True, mean=ref.k_mean(k))
+    v8, vs = ref.quantize_v_fp8(v, SM90_GEOMETRY)
+    o = torch.empty_like(q)
+
+    def run():
+        attn_fwd_sm90(q, None, k8, ks, v8, vs, o, None, sm_scale=d**-0.5, is_causal=causal,
+                      granularity=gran, pv_accum=pv, config=config)
+
+    return run
+
+
+def time_ms(run, iters):
+    run()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    best = float("inf")
+    for _ in range(3):
+        start.record()
+        for _ in range(iters):
+            run()
+        end.record()
+        torch.cuda.synchronize()
+        best = min(best, start.elapsed_time(end) / iters)
+    return best
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--configs", default="default")
+    p.add_argument("--dims", default="128,64")
+    p.add_argument("--iters", type=int, default=20)
+    p.add_argument("--causal-only", action="store_true")
+    p.add_argument("--ncu-one", type=int, default=0, help="L: run B4 H32 L D128 once (after warm-up)")
+    args = p.parse_args()
+    b, h = 4, 32
+    if args.ncu_one:
+        cfg, pv = _variant("default", 128)
+        run = make_runner(b, h, args.ncu_one, args.ncu_one, 128, False, cfg, pv)
+        run()
+        torch.cuda.synchronize()
+        torch.cuda.nvtx.range_push("profiled")
+        run()
+        torch.cuda.synchronize()
+        return
+    K = 1024
+    for d in [int(x) for x in args.dims.split(",")]:
+        for name in args.configs.split(","):
+            cfg, pv = _variant(name, d)
+            if not args.causal_only:
+                t = {}
+                for lq, lk in ((K, K), (8 * K, K), (K, 8 * K), (8 * K, 8 * K)):
+                    ms = time_ms(make_runner(b, h, lq, lk, d, False, cfg, pv), args.iters)
+                    t[(lq, lk)] = ms
+                    tops = 4 * b * h * lq * lk * d / ms / 1e9
+                    print(f"{name:16s} d{d} Lq{lq:5d} Lk{lk:5d} full  : {ms:8.3f} ms {tops:7.1f} TOPS", flush=True)
+                # t ~ (blocks + x) * c at equal tile counts: 8 and 64 blocks per tile
+                r = t[(8 * K, 8 * K)] / t[(8 * K, K)]
+                x = (64 - 8 * r) / (r - 1)
+                print(f"{name:16s} d{d} per-tile cost ~ {x:.2f} KV blocks", flush=True)
+            for l in (8 * K, 16 * K):
+                ms = time_ms(make_runner(b, h, l, l, d, True, cfg, pv), args.iters)
+                tops = 2 * b * h * l * l * d / ms / 1e9
+                print(f"{name:16s} d{d} L{l:5d} causal: {ms:8.3f} ms {tops:7.1f} TOPS", flush=True)
+
+
+if __name__ == "__main__":
+    main()
