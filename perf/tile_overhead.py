@@ -28,6 +28,7 @@ from sagecute.quant_layout import SM90_GEOMETRY, QuantGranularity  # noqa: E402
 
 CONFIG_VARIANTS.setdefault("no_l2_sections", (dict(l2_sections=False), None))
 CONFIG_VARIANTS.setdefault("stages3", (dict(num_stages=3), None))
+CONFIG_VARIANTS.setdefault("no_tma_o_store", (dict(tma_o_store=False), None))
 
 
 def make_runner(b, h, lq, lk, d, causal, config, pv):

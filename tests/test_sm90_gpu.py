@@ -27,6 +27,7 @@ CASES = [
     (64, False, 1000, 1000, 1, 4, 1, "HND", BF16, T, PvAccum.FP32),
     (128, True, 128, 128, 3, 8, 8, "HND", FP16, W, PvAccum.FP32),
     (64, True, 300, 300, 1, 2, 1, "PADDED", BF16, T, PvAccum.FP32_FP32),
+    (128, False, 200, 300, 1, 2, 2, "PADDED4", FP16, T, PvAccum.FP32_FP32),
 ]
 
 
@@ -60,6 +61,8 @@ def run_case(d, causal, lq, lk, b, hq, hkv, layout, dtype, gran, pv, *, kind="ou
         o = torch.full((b, hq, lq, d), float("nan"), device=dev, dtype=dtype)
     elif layout == "PADDED":  # odd row stride: the kernel falls back to 16-bit stores
         o = torch.full((b, hq, lq, d + 1), float("nan"), device=dev, dtype=dtype)[..., :d]
+    elif layout == "PADDED4":  # row stride not a 16-byte multiple: 32-bit stores, no TMA
+        o = torch.full((b, hq, lq, d + 4), float("nan"), device=dev, dtype=dtype)[..., :d]
     else:
         o = torch.full((b, lq, hq, d), float("nan"), device=dev, dtype=dtype).transpose(1, 2)
     lse = torch.full((b, hq, lq), float("nan"), device=dev, dtype=torch.float32)
@@ -109,13 +112,15 @@ def test_sm90_no_overlap_vs_reference(case):
 CONFIG_VARIANTS = {
     # the kernel first verified on hardware: no ping-pong, I2FP + FMUL, chained reductions
     "baseline": dict(wg_pingpong=False, fused_scale_exp=False, magic_i2f=False, tree_reduce=False,
-                     early_q_release=False, vec_o_store=False),
+                     early_q_release=False, vec_o_store=False, tma_o_store=False),
     "no_early_q_release": dict(early_q_release=False),
     "no_pingpong": dict(wg_pingpong=False),
     "magic_i2f": dict(magic_i2f=True),
     "no_tree_reduce": dict(tree_reduce=False),
     "stages3": dict(num_stages=3),
-    "no_vec_o_store": dict(vec_o_store=False),
+    "no_vec_o_store": dict(vec_o_store=False, tma_o_store=False),
+    "no_tma_o_store": dict(tma_o_store=False),
+    "no_l2_sections": dict(l2_sections=False),
 }
 
 
@@ -125,6 +130,12 @@ def test_sm90_config_variants_vs_reference(case, variant):
     from sagecute.kernels.sm90.attn_fwd import AttnFwdConfigSm90
 
     _check(run_case(*case, config=AttnFwdConfigSm90(**CONFIG_VARIANTS[variant])))
+
+
+def test_sm90_causal_lpt_in_several_l2_sections():
+    """Lk 16k at D128 puts 8 heads in an L2 section (Note [LPT in L2 sections]): 20
+    heads make 3 sections, the last one narrower."""
+    _check(run_case(128, True, 1024, 16384, 1, 20, 20, "HND", BF16, T, PvAccum.FP32_FP32, kind="normal"))
 
 
 def _check(r):

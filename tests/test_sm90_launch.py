@@ -94,6 +94,14 @@ def test_odd_output_strides_use_16_bit_stores(calls):
     _run(_args())
     odd, even = calls["compiles"]
     assert odd[6].vec_o_store is False and even[6].vec_o_store is True  # key[6]: the config
+    assert odd[6].tma_o_store is False and even[6].tma_o_store is True
+
+
+def test_output_strides_not_16_byte_multiples_use_32_bit_stores(calls):
+    o = _aligned_empty(1, 4, 100, 130, dtype=torch.bfloat16)[..., :128]  # row stride 260 bytes
+    _run(_args(o=o))
+    (key,) = calls["compiles"]
+    assert key[6].tma_o_store is False and key[6].vec_o_store is True
 
 
 def test_empty_problem_launches_nothing(calls):

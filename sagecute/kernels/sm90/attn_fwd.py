@@ -46,6 +46,7 @@ import cutlass.utils.hopper_helpers as sm90_utils_basic
 from cutlass import Float32, Int32, const_expr
 from cutlass import pipeline
 from cutlass.cute.nvgpu import cpasync, warpgroup
+from cutlass.cute.nvgpu.warp import StMatrix8x8x16bOp
 
 from sagecute.kernels.common import softmax as softmax_utils
 from sagecute.kernels.common import wgmma
@@ -93,6 +94,8 @@ class NamedBarrier(enum.IntEnum):
     WARP_SCHEDULER_WG2 = 2
     Q_QUANT_WG1 = 3  # fused Q quantization: a warpgroup's int8 rows are in smem
     Q_QUANT_WG2 = 4
+    EPILOGUE_WG1 = 5  # TMA O store: a warpgroup's half of sO is free / written
+    EPILOGUE_WG2 = 6
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,9 @@ class AttnFwdConfigSm90:
     early_q_release: bool = True
     # 32-bit O stores (column pairs); needs o's row/head/batch strides even
     vec_o_store: bool = True
+    # Note [TMA O store]: O goes registers -> smem (stmatrix) -> gmem (TMA, async);
+    # needs o's strides to be 16-byte multiples (launch.py falls back otherwise)
+    tma_o_store: bool = True
     use_setmaxnreg: bool = True
     # pv_accum "fp32": skip O *= alpha when alpha == 1 for every row of the warp (no row
     # max grew; exp2(0) is exactly 1, so this is exact). A warp-uniform vote and branch.
@@ -193,7 +199,10 @@ class BlockCtx(NamedTuple):
     row_scale: cute.Tensor
     row_scale_prev: cute.Tensor
     tScS_mn: cute.Tensor
+    tOcO_mn: cute.Tensor
     mKScale: cute.Tensor  # this (batch, head_kv)'s K scales
+    mVScale: cute.Tensor  # this (batch, head_kv)'s V scales
+    v_scale: cute.Tensor  # the V scales of this thread's O columns (loaded under the last PV)
     k_scale_idx0: Int32  # k_scale_index(col_in_block): block n reads idx0 + n * step
     qk_scale_log2: Float32
     col_in_block: Int32
@@ -267,7 +276,8 @@ class SageAttnFwdSm90:
         tile when fused), K and V^T stages."""
         d = self.head_dim
         q_in = self.tile_m * d * 2 if self.fuse_q else 0
-        return 1024 + self.tile_m * d + q_in + self.num_stages * (self.tile_n * d + d * self.tile_n)
+        o_stage = self.tile_m * d * self.out_dtype.width // 8 if self.config.tma_o_store else 0
+        return 1024 + self.tile_m * d + q_in + o_stage + self.num_stages * (self.tile_n * d + d * self.tile_n)
 
     # ------------------------------------------------------------------ host
     @cute.jit
@@ -327,13 +337,33 @@ class SageAttnFwdSm90:
         )
         sK_tile = cute.select(sK_layout, mode=[0, 1])
         sVt_tile = cute.select(sVt_layout, mode=[0, 1])
+        # Note [TMA O store]: one (64, D) stage per consumer warpgroup
+        sO_layout = wgmma.make_smem_layout_k_major(self.out_dtype, 64, D, self.num_consumer_wg)
 
         tma_op = cpasync.CopyBulkTensorTileG2SOp()
         tma_atom_Q, tma_Q = cpasync.make_tiled_tma_atom(tma_op, mQ, sQin_layout, (self.tile_m, D))
         tma_atom_K, tma_K = cpasync.make_tiled_tma_atom(tma_op, mK, sK_tile, (self.tile_n, D))
         tma_atom_V, tma_Vt = cpasync.make_tiled_tma_atom(tma_op, mVt, sVt_tile, (D, self.tile_n))
+        tma_atom_O, tma_O = None, None
+        # the PV MMA of one warpgroup: partitions a warpgroup's accumulator for stmatrix
+        tiled_mma_pv_wg = None
+        if const_expr(self.config.tma_o_store):
+            tma_atom_O, tma_O = cpasync.make_tiled_tma_atom(
+                cpasync.CopyBulkTensorTileS2GOp(), mO, cute.select(sO_layout, mode=[0, 1]), (64, D)
+            )
+            tiled_mma_pv_wg = sm90_utils_basic.make_trivial_tiled_mma(
+                cutlass.Float8E4M3FN,
+                cutlass.Float8E4M3FN,
+                cute.nvgpu.OperandMajorMode.K,
+                cute.nvgpu.OperandMajorMode.K,
+                Float32,
+                atom_layout_mnk=(1, 1, 1),
+                tiler_mn=(64, D),
+                a_source=warpgroup.OperandSource.RMEM,
+            )
         self.tma_bytes_Q = self.tile_m * D * self.q_dtype.width // 8
         sQin_size = cute.cosize(sQin_layout) if const_expr(self.fuse_q) else 64
+        sO_size = cute.cosize(sO_layout) if const_expr(self.config.tma_o_store) else 64
         self.tma_bytes_K = self.tile_n * D
         self.tma_bytes_V = D * self.tile_n
 
@@ -344,6 +374,7 @@ class SageAttnFwdSm90:
             mbar_V: cute.struct.MemRange[cutlass.Int64, self.num_stages * 2]
             sQ: cute.struct.Align[cute.struct.MemRange[cutlass.Int8, cute.cosize(sQ_layout)], 1024]
             sQin: cute.struct.Align[cute.struct.MemRange[self.q_dtype, sQin_size], 1024]  # fused Q only
+            sO: cute.struct.Align[cute.struct.MemRange[self.out_dtype, sO_size], 1024]  # TMA O store only
             sK: cute.struct.Align[cute.struct.MemRange[cutlass.Int8, cute.cosize(sK_layout)], 1024]
             sVt: cute.struct.Align[
                 cute.struct.MemRange[cutlass.Float8E4M3FN, cute.cosize(sVt_layout)], 1024
@@ -363,16 +394,20 @@ class SageAttnFwdSm90:
             mKScale,
             mVScale,
             mO,
+            tma_O,
             mLSE,
             tma_atom_Q,
             tma_atom_K,
             tma_atom_V,
+            tma_atom_O,
             tiled_mma_qk,
             tiled_mma_pv,
+            tiled_mma_pv_wg,
             sQ_layout,
             sQin_layout,
             sK_layout,
             sVt_layout,
+            sO_layout,
             softmax_scale_log2,
             num_m_blocks,
             SharedStorage,
@@ -394,16 +429,20 @@ class SageAttnFwdSm90:
         mKScale: cute.Tensor,
         mVScale: cute.Tensor,
         mO: cute.Tensor,  # (Lq, D, Hq, B)
+        mO_tma: Optional[cute.Tensor],  # TMA tensor (Lq, D, Hq, B) when tma_o_store
         mLSE: Optional[cute.Tensor],
         tma_atom_Q: cute.CopyAtom,
         tma_atom_K: cute.CopyAtom,
         tma_atom_V: cute.CopyAtom,
+        tma_atom_O: Optional[cute.CopyAtom],
         tiled_mma_qk: cute.TiledMma,
         tiled_mma_pv: cute.TiledMma,
+        tiled_mma_pv_wg: Optional[cute.TiledMma],
         sQ_layout: cute.ComposedLayout,
         sQin_layout: cute.ComposedLayout,
         sK_layout: cute.ComposedLayout,
         sVt_layout: cute.ComposedLayout,
+        sO_layout: cute.ComposedLayout,
         softmax_scale_log2: Float32,
         num_m_blocks: Int32,
         SharedStorage: cutlass.Constexpr,
@@ -413,6 +452,8 @@ class SageAttnFwdSm90:
             cpasync.prefetch_descriptor(tma_atom_Q)
             cpasync.prefetch_descriptor(tma_atom_K)
             cpasync.prefetch_descriptor(tma_atom_V)
+            if const_expr(self.config.tma_o_store):
+                cpasync.prefetch_descriptor(tma_atom_O)
 
         smem = cutlass.memory.SmemAllocator()
         storage = smem.allocate(SharedStorage)
@@ -442,6 +483,9 @@ class SageAttnFwdSm90:
             sQin = storage.sQin.get_tensor(sQin_layout.outer, swizzle=sQin_layout.inner)
         sK = storage.sK.get_tensor(sK_layout.outer, swizzle=sK_layout.inner)
         sVt = storage.sVt.get_tensor(sVt_layout.outer, swizzle=sVt_layout.inner)
+        sO = None
+        if const_expr(self.config.tma_o_store):
+            sO = storage.sO.get_tensor(sO_layout.outer, swizzle=sO_layout.inner)
 
         seqlen_q = cute.size(mQ.shape[0])
         seqlen_k = cute.size(mK.shape[0])
@@ -468,8 +512,8 @@ class SageAttnFwdSm90:
                 cute.arch.setmaxregister_increase(self.config.consumer_regs)
             tidx = cute.arch.thread_idx()[0] - self.num_threads_per_wg
             self.consumer(
-                tidx, sQ, sQin, sK, sVt, mQScale, mKScale, mVScale, mO, mLSE,
-                tiled_mma_qk, tiled_mma_pv, pipeline_q, pipeline_k, pipeline_v,
+                tidx, sQ, sQin, sK, sVt, sO, mQScale, mKScale, mVScale, mO, mO_tma, mLSE, tma_atom_O,
+                tiled_mma_qk, tiled_mma_pv, tiled_mma_pv_wg, pipeline_q, pipeline_k, pipeline_v,
                 sched, seqlen_q, seqlen_k, qhead_per_kvhead, softmax_scale_log2,
             )
 
@@ -559,13 +603,17 @@ class SageAttnFwdSm90:
         sQin: cute.Tensor,
         sK: cute.Tensor,
         sVt: cute.Tensor,
+        sO: Optional[cute.Tensor],
         mQScale: Optional[cute.Tensor],
         mKScale: cute.Tensor,
         mVScale: cute.Tensor,
         mO: cute.Tensor,
+        mO_tma: Optional[cute.Tensor],
         mLSE: Optional[cute.Tensor],
+        tma_atom_O: Optional[cute.CopyAtom],
         tiled_mma_qk: cute.TiledMma,
         tiled_mma_pv: cute.TiledMma,
+        tiled_mma_pv_wg: Optional[cute.TiledMma],
         pipeline_q: pipeline.PipelineAsync,
         pipeline_k: pipeline.PipelineAsync,
         pipeline_v: pipeline.PipelineAsync,
@@ -607,6 +655,7 @@ class SageAttnFwdSm90:
         row_scale = cute.make_rmem_tensor((num_rows,), Float32)
         row_scale_prev = cute.make_rmem_tensor((num_rows,), Float32)
         acc_S = cute.make_rmem_tensor(acc_shape_S, Int32)
+        v_scale = cute.make_rmem_tensor((cute.size(acc_O_mn, mode=[1]),), Float32)
         acc_S_f = cute.make_rmem_tensor(acc_shape_S, Float32)
         acc_O_tmp = None
         if const_expr(self.pv_accum == PvAccum.FP32_FP32):
@@ -642,7 +691,8 @@ class SageAttnFwdSm90:
                 tSrQ=tSrQ, tSrK=tSrK, tOrP=tOrP, tOrVt=tOrVt, acc_O=acc_O, acc_O_tmp=acc_O_tmp,
                 acc_S=acc_S, acc_S_f=acc_S_f, row_max=row_max, row_sum=row_sum,
                 row_scale=row_scale, row_scale_prev=row_scale_prev,
-                tScS_mn=tScS_mn, mKScale=mKScale[batch, head_kv, None],
+                tScS_mn=tScS_mn, tOcO_mn=tOcO_mn, mKScale=mKScale[batch, head_kv, None],
+                mVScale=mVScale[batch, head_kv, None], v_scale=v_scale,
                 k_scale_idx0=self.k_scale_index(col_in_block),
                 qk_scale_log2=qk_scale_log2, col_in_block=col_in_block, row_in_tile=row_in_tile,
                 wg_idx=wg_idx,
@@ -664,15 +714,20 @@ class SageAttnFwdSm90:
                     ctx, kv_state, n_block_max - 1, tiled_mma_qk, tiled_mma_pv, pipeline_k, pipeline_v,
                     is_last=True,
                 )
+                self.load_v_scale(ctx)
             if const_expr(not (self.fuse_q or self.early_q_release)):
                 pipeline_q.consumer_release(q_state)
             q_state.advance()
 
             self.epilogue(
-                acc_O_mn, tOcO_mn, row_max, row_sum, mVScale, mO, mLSE,
+                acc_O, tOcO_mn, row_max, row_sum, v_scale, mO, mLSE,
                 m_block, head, head_kv, batch, seqlen_q, lane, row_in_tile, col_in_block,
+                sO, mO_tma, tma_atom_O, tiled_mma_pv_wg, wg_idx, warp_in_wg,
             )
             tile += sched.grid_stride()
+        if const_expr(self.config.tma_o_store):
+            if warp_in_wg == 0:
+                cute.arch.cp_async_bulk_wait_group(0, read=True)  # sO outlives the last store
 
     @cute.jit
     def quantize_q(self, sQin: cute.Tensor, sQ: cute.Tensor, wg_idx: Int32, warp_in_wg: Int32, lane: Int32):
@@ -940,10 +995,19 @@ class SageAttnFwdSm90:
         if const_expr(self.promote_under_qk):
             self.finish_pv(ctx, ctx.row_scale_prev)
         pipeline_v.consumer_wait(v_state)
-        self.issue_pv(ctx, tiled_mma_pv, v_state.index, wg_wait=0)
+        self.issue_pv(ctx, tiled_mma_pv, v_state.index, wg_wait=-1)
+        # the epilogue's V scales load under the last PV instead of after it
+        self.load_v_scale(ctx)
+        warpgroup.wait_group(0)
         pipeline_v.consumer_release(v_state)
         self.finish_pv(ctx, ctx.row_scale if const_expr(self.promote_under_qk) else ctx.row_scale_prev)
         return kv_state
+
+    @cute.jit
+    def load_v_scale(self, ctx: "BlockCtx"):
+        """The per-channel V scale of each O column this thread owns (numerics.md §4)."""
+        for c in cutlass.range_constexpr(cute.size(ctx.v_scale)):
+            ctx.v_scale[c] = Float32(ctx.mVScale[ctx.col_in_block + ctx.tOcO_mn[0, c][1]])
 
     @cute.jit
     def pingpong_init(self, wg_idx: Int32):
@@ -1044,11 +1108,11 @@ class SageAttnFwdSm90:
     @cute.jit
     def epilogue(
         self,
-        acc_O_mn: cute.Tensor,
+        acc_O: cute.Tensor,
         tOcO_mn: cute.Tensor,
         row_max: cute.Tensor,
         row_sum: cute.Tensor,
-        mVScale: cute.Tensor,
+        v_scale: cute.Tensor,  # per owned O column (load_v_scale)
         mO: cute.Tensor,
         mLSE: Optional[cute.Tensor],
         m_block: Int32,
@@ -1059,7 +1123,14 @@ class SageAttnFwdSm90:
         lane: Int32,
         row_in_tile: Int32,
         col_in_block: Int32,
+        sO: Optional[cute.Tensor],
+        mO_tma: Optional[cute.Tensor],
+        tma_atom_O: Optional[cute.CopyAtom],
+        tiled_mma_pv_wg: Optional[cute.TiledMma],
+        wg_idx: Int32,
+        warp_in_wg: Int32,
     ):
+        acc_O_mn = wgmma.acc_mn_view(acc_O)
         num_rows = cute.size(acc_O_mn, mode=[0])
         num_cols = cute.size(acc_O_mn, mode=[1])
         inv_d = cute.make_rmem_tensor((num_rows,), Float32)
@@ -1067,34 +1138,91 @@ class SageAttnFwdSm90:
             d = cute.arch.warp_reduction_sum(row_sum[r], threads_in_group=4)
             row_sum[r] = d
             inv_d[r] = cute.arch.rcp_approx(d)
-        # per-channel V scale, one per owned column
-        v_scale = cute.make_rmem_tensor((num_cols,), Float32)
-        for c in cutlass.range_constexpr(num_cols):
-            v_scale[c] = Float32(mVScale[batch, head_kv, col_in_block + tOcO_mn[0, c][1]])
+        if const_expr(self.config.tma_o_store):
+            self.store_o_tma(acc_O, inv_d, v_scale, sO, mO_tma, tma_atom_O, tiled_mma_pv_wg,
+                             m_block, head, batch, wg_idx, warp_in_wg)
         mO_cur = mO[None, None, head, batch]  # (Lq, D)
         for r in cutlass.range_constexpr(num_rows):
             row = m_block * self.tile_m + row_in_tile + tOcO_mn[r, 0][0]
             if row < seqlen_q:
-                if const_expr(self.config.vec_o_store):
-                    # columns c, c+1 of the fragment are adjacent in memory: one 32-bit
-                    # store per pair (launch.py checks o's strides are even)
-                    pair = cute.make_rmem_tensor((2,), self.out_dtype)
-                    for c in cutlass.range_constexpr(0, num_cols, 2):
-                        pair[0] = (acc_O_mn[r, c] * inv_d[r] * v_scale[c]).to(self.out_dtype)
-                        pair[1] = (acc_O_mn[r, c + 1] * inv_d[r] * v_scale[c + 1]).to(self.out_dtype)
-                        col = col_in_block + tOcO_mn[r, c][1]
-                        elem = mO_cur.iterator + cute.crd2idx((row, col), mO_cur.layout)
-                        dst = cute.make_tensor(
-                            cute.make_ptr(self.out_dtype, elem.toint(), cute.AddressSpace.gmem, assumed_align=4),
-                            cute.make_layout(2),
-                        )
-                        dst.store(pair.load())
-                else:
-                    for c in cutlass.range_constexpr(num_cols):
-                        val = (acc_O_mn[r, c] * inv_d[r] * v_scale[c]).to(self.out_dtype)
-                        mO_cur[row, col_in_block + tOcO_mn[r, c][1]] = val
+                if const_expr(not self.config.tma_o_store):
+                    self.store_o_row(acc_O_mn, inv_d, v_scale, mO_cur, tOcO_mn, r, row, col_in_block)
                 if const_expr(self.has_lse):
                     if lane % 4 == 0:
                         # natural-log LSE of the smoothed scores: (m + log2 d) * ln2
                         lse = (row_max[r] + cute.math.log2(row_sum[r], fastmath=True)) * Float32(math.log(2.0))
                         mLSE[batch, head, row] = lse
+
+    @cute.jit
+    def store_o_row(self, acc_O_mn, inv_d, v_scale, mO_cur, tOcO_mn, r: cutlass.Constexpr[int], row: Int32,
+                    col_in_block: Int32):
+        """Without TMA (o's strides not 16-byte multiples): this thread's columns of
+        row ``r`` straight from registers."""
+        num_cols = cute.size(acc_O_mn, mode=[1])
+        if const_expr(self.config.vec_o_store):
+            # columns c, c+1 of the fragment are adjacent in memory: one 32-bit
+            # store per pair (launch.py checks o's strides are even)
+            pair = cute.make_rmem_tensor((2,), self.out_dtype)
+            for c in cutlass.range_constexpr(0, num_cols, 2):
+                pair[0] = (acc_O_mn[r, c] * inv_d[r] * v_scale[c]).to(self.out_dtype)
+                pair[1] = (acc_O_mn[r, c + 1] * inv_d[r] * v_scale[c + 1]).to(self.out_dtype)
+                col = col_in_block + tOcO_mn[r, c][1]
+                elem = mO_cur.iterator + cute.crd2idx((row, col), mO_cur.layout)
+                dst = cute.make_tensor(
+                    cute.make_ptr(self.out_dtype, elem.toint(), cute.AddressSpace.gmem, assumed_align=4),
+                    cute.make_layout(2),
+                )
+                dst.store(pair.load())
+        else:
+            for c in cutlass.range_constexpr(num_cols):
+                val = (acc_O_mn[r, c] * inv_d[r] * v_scale[c]).to(self.out_dtype)
+                mO_cur[row, col_in_block + tOcO_mn[r, c][1]] = val
+
+    @cute.jit
+    def store_o_tma(
+        self,
+        acc_O: cute.Tensor,
+        inv_d: cute.Tensor,
+        v_scale: cute.Tensor,
+        sO: cute.Tensor,
+        mO_tma: cute.Tensor,
+        tma_atom_O: cute.CopyAtom,
+        tiled_mma_pv_wg: cute.TiledMma,
+        m_block: Int32,
+        head: Int32,
+        batch: Int32,
+        wg_idx: Int32,
+        warp_in_wg: Int32,
+    ):
+        """Note [TMA O store]: this warpgroup's 64 rows of O -> its sO stage (stmatrix)
+        -> gmem by one TMA store, which runs on while the next tile starts. Rows past
+        Lq are clipped by TMA. The stage is rewritten one tile later, after warp 0 (the
+        issuer) saw the previous store's smem reads finish. Replaces 32 strided 32-bit
+        global stores per thread, which filled the LSU queue and held their address
+        registers into the next tile (ncu, L=1k)."""
+        acc_O_mn = wgmma.acc_mn_view(acc_O)
+        for r in cutlass.range_constexpr(cute.size(acc_O_mn, mode=[0])):
+            for c in cutlass.range_constexpr(cute.size(acc_O_mn, mode=[1])):
+                acc_O_mn[r, c] = acc_O_mn[r, c] * inv_d[r] * v_scale[c]
+        rO = cute.make_rmem_tensor(acc_O.layout, self.out_dtype)
+        rO.store(acc_O.load().to(self.out_dtype))
+        barrier_id = int(NamedBarrier.EPILOGUE_WG1) + wg_idx
+        if warp_in_wg == 0:
+            cute.arch.cp_async_bulk_wait_group(0, read=True)  # the previous tile's store
+        cute.arch.barrier(barrier_id=barrier_id, number_of_threads=self.num_threads_per_wg)
+        sO_wg = sO[None, None, wg_idx]
+        store_atom = cute.make_copy_atom(StMatrix8x8x16bOp(False, 4), self.out_dtype)
+        thr_copy = cute.make_tiled_copy_C(store_atom, tiled_mma_pv_wg).get_slice(
+            cute.arch.thread_idx()[0] % self.num_threads_per_wg
+        )
+        cute.copy(store_atom, thr_copy.retile(rO), thr_copy.partition_D(sO_wg))
+        # the TMA engine (async proxy) reads what stmatrix (generic proxy) wrote
+        cute.arch.fence_proxy("async.shared", space="cta")
+        cute.arch.barrier(barrier_id=barrier_id, number_of_threads=self.num_threads_per_wg)
+        if warp_in_wg == 0:
+            gO = cute.local_tile(mO_tma[None, None, head, batch], (64, self.head_dim), (m_block * 2 + wg_idx, 0))
+            tOsO, tOgO = cpasync.tma_partition(
+                tma_atom_O, 0, cute.make_layout(1), cute.group_modes(sO_wg, 0, 2), cute.group_modes(gO, 0, 2)
+            )
+            cute.copy(tma_atom_O, tOsO, tOgO)
+            cute.arch.cp_async_bulk_commit_group()

@@ -106,6 +106,22 @@ def _fake_args(out_dtype, head_dim: int, has_lse: bool, ffi: bool = False, o_div
     return q, qs, k, ks, v, vs, o, lse
 
 
+def _o_stride_div(config: AttnFwdConfigSm90) -> int:
+    """What the config's O store needs of o's strides, in (2-byte) elements."""
+    return 8 if config.tma_o_store else 2 if config.vec_o_store else 1
+
+
+def _fit_o_store(config: AttnFwdConfigSm90, o) -> AttnFwdConfigSm90:
+    """The config's O store, or the widest one o's strides allow (o's base is 16-byte
+    aligned: _check_pointers)."""
+    strides = o.stride()[:-1]
+    if config.tma_o_store and any(st % 8 for st in strides):
+        config = dataclasses.replace(config, tma_o_store=False)  # TMA: 16-byte strides
+    if config.vec_o_store and any(st % 2 for st in strides):
+        config = dataclasses.replace(config, vec_o_store=False)  # odd strides: 16-bit stores
+    return config
+
+
 _COMPILED: dict = {}
 
 
@@ -137,7 +153,8 @@ def compile_attn_fwd_sm90(
     kernel = SageAttnFwdSm90(out_dtype, head_dim, is_causal, granularity, pv_accum, has_lse, config, q_dtype)
     if example_args is None:
         # AOT check only: not cached, the runtime path compiles from its real arguments
-        example_args = (*_fake_args(out_dtype, head_dim, has_lse, q_dtype=q_dtype), cutlass.Float32(1.0),
+        example_args = (*_fake_args(out_dtype, head_dim, has_lse, o_div=_o_stride_div(config), q_dtype=q_dtype),
+                        cutlass.Float32(1.0),
                         cutlass.Int32(1), cute.runtime.make_fake_stream())
         return cute.compile(kernel, *example_args)
     compiled = cute.compile(kernel, *example_args)
@@ -164,8 +181,7 @@ def compile_attn_fwd_sm90_ffi(
     out_dtype, q_dtype = key[0], key[-1]
     if key not in _COMPILED_FFI:
         kernel = SageAttnFwdSm90(out_dtype, head_dim, is_causal, granularity, pv_accum, has_lse, config, q_dtype)
-        args = _fake_args(out_dtype, head_dim, has_lse, ffi=True, o_div=2 if config.vec_o_store else 1,
-                          q_dtype=q_dtype)  # fmt: skip
+        args = _fake_args(out_dtype, head_dim, has_lse, ffi=True, o_div=_o_stride_div(config), q_dtype=q_dtype)
         _COMPILED_FFI[key] = cute.compile(
             kernel, *args, cutlass.Float32(1.0), cutlass.Int32(1),
             cute.runtime.make_fake_stream(use_tvm_ffi_env_stream=True),
@@ -285,9 +301,7 @@ def _plan(q_int8, q_scale, k_int8, k_scale, v_fp8, v_scale, o, lse, is_causal, g
     if not ok:
         raise ValueError(why)
     config = config or AttnFwdConfigSm90.default(D)
-    # o's base is 16-byte aligned (_check_pointers), so only its strides decide this
-    if config.vec_o_store and any(st % 2 for st in o.stride()[:-1]):
-        config = dataclasses.replace(config, vec_o_store=False)  # odd strides: 16-bit stores
+    config = _fit_o_store(config, o)
     key = _compile_key(o.dtype, D, is_causal, granularity, pv_accum, lse is not None, config, q_dtype)
     return _LaunchPlan(key, _num_sms(o.device.index or 0) if config.persistent else 2**30)
 
@@ -432,7 +446,7 @@ def compile_one_to_cubin(variant, out_dir: str) -> CompileResult:
         out_dtype, head_dim, is_causal, gran, pv, has_lse, config = variant[:7]
         q_dtype = _q_dtype(variant[7]) if len(variant) > 7 else cutlass.Int8
         kernel = SageAttnFwdSm90(_out_dtype(out_dtype), head_dim, is_causal, gran, pv, has_lse, config, q_dtype)
-        args = _fake_args(_out_dtype(out_dtype), head_dim, has_lse, q_dtype=q_dtype)
+        args = _fake_args(_out_dtype(out_dtype), head_dim, has_lse, o_div=_o_stride_div(config), q_dtype=q_dtype)
         with sass_report.keep_artifacts(vdir):
             cute.compile(kernel, *args, cutlass.Float32(1.0), cutlass.Int32(1), cute.runtime.make_fake_stream())
         cubin = sass_report.find_cubin(vdir)
