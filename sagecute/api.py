@@ -8,6 +8,7 @@ asks ``dispatch`` which implementation runs, and wraps the call in a
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass
@@ -155,7 +156,19 @@ def _sm90_launch():
     return launch
 
 
-def _run_sm90_prepared(prep: "PreparedCall", out_hnd: torch.Tensor | None = None):
+@functools.lru_cache(maxsize=4)
+def _sm90_config_after_preprocess(head_dim: int):
+    """The default sm90 config, launched as a programmatic dependent of the K/V
+    preprocessing (Note [PDL after the preprocessing] in kernels/sm90/attn_fwd.py)."""
+    from sagecute.kernels.sm90.attn_fwd import AttnFwdConfigSm90
+
+    return dataclasses.replace(AttnFwdConfigSm90.default(head_dim), pdl=True)
+
+
+def _run_sm90_prepared(prep: "PreparedCall", out_hnd: torch.Tensor | None = None, after_preprocess: bool = False):
+    """``after_preprocess``: the kernel right before this launch in the stream is the
+    K/V preprocessing of ``prep`` (the API's path), so the attention kernel may overlap
+    its tail."""
     qi = prep.quantized
     b, hq, lq, dp = qi.q.shape
     if out_hnd is None:
@@ -174,6 +187,7 @@ def _run_sm90_prepared(prep: "PreparedCall", out_hnd: torch.Tensor | None = None
         is_causal=prep.is_causal,
         granularity=qi.granularity,
         pv_accum=qi.pv_accum,
+        config=_sm90_config_after_preprocess(dp) if after_preprocess else None,
     )
     return out_hnd, lse
 
@@ -188,7 +202,7 @@ def _run_sm90(q, k, v, layout, is_causal, sm_scale, return_lse, gran, pv_accum, 
     else:
         out = torch.empty(b, lq, hq, dp, dtype=q.dtype, device=q.device)
         out_hnd = out.transpose(1, 2)
-    lse = _run_sm90_prepared(prep, out_hnd)[1]
+    lse = _run_sm90_prepared(prep, out_hnd, after_preprocess=True)[1]
     if dp != prep.head_dim:
         out = out[..., : prep.head_dim]
     if lse is not None and prep.quantized.k_mean is not None:

@@ -168,7 +168,8 @@ def versions() -> dict:
             v["sagecute"] = getattr(sagecute, "__version__", "?")
         except Exception as e:  # noqa: BLE001
             v["sagecute"] = f"not importable ({type(e).__name__})"
-    sha = _run(["git", "-C", str(repo_root()), "rev-parse", "--short", "HEAD"])
+    # a copy of the tree (a GPU machine's) may carry a stale .git: the caller can say
+    sha = os.environ.get("SAGECUTE_GIT_SHA") or _run(["git", "-C", str(repo_root()), "rev-parse", "--short", "HEAD"])
     if sha:
         v["sagecute git"] = sha
     return v

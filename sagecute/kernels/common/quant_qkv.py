@@ -156,6 +156,9 @@ class QuantizeQKV:
         mVs: cute.Tensor,
         scale_max: Float32,
     ):
+        # the attention kernel after this one may launch now (Note [PDL after the
+        # preprocessing] in kernels/sm90/attn_fwd.py); it waits for our writes anyway
+        cute.arch.griddepcontrol_launch_dependents()
         tid, _, _ = cute.arch.thread_idx()
         x, head, batch = cute.arch.block_idx()
         smem = cutlass.memory.SmemAllocator()

@@ -82,6 +82,20 @@ MAGIC_I2F_BIAS = 12582912.0
 FUSED_Q_GRANULARITIES = (QuantGranularity.PER_THREAD, QuantGranularity.PER_WARP)
 
 
+# Note [PDL after the preprocessing]
+# ----------------------------------
+# In a ``sageattn`` call the K/V preprocessing kernel runs right before this one. With
+# ``pdl`` the kernel is launched with programmatic stream serialization and the
+# preprocessing triggers its dependents as each CTA starts, so this grid launches while
+# the preprocessing's last wave still runs: CTA setup and the first tile's Q load and
+# quantization overlap it. The producer issues the first Q, then ``griddepcontrol.wait``
+# (the preprocessing finished and its writes are visible) before any K/V load; the
+# consumers wait too before reading K/V scales. Q itself must not come from the kernel
+# right before (it is read before the wait): true in the API, where that kernel is the
+# K/V preprocessing and Q was written before it started. Off for direct calls.
+# (At L=1k the preprocessing is ~1/4 of a call.)
+
+
 class WarpRole(enum.IntEnum):
     PRODUCER_WG = 0  # warpgroup 0; its warp 0 issues TMA
     CONSUMER_WG0 = 1
@@ -128,6 +142,9 @@ class AttnFwdConfigSm90:
     # Note [TMA O store]: O goes registers -> smem (stmatrix) -> gmem (TMA, async);
     # needs o's strides to be 16-byte multiples (launch.py falls back otherwise)
     tma_o_store: bool = True
+    # Note [PDL after the preprocessing]: launched as a programmatic dependent of the
+    # kernel before it; only where that kernel wrote K/V and not Q (the API's path)
+    pdl: bool = False
     use_setmaxnreg: bool = True
     # pv_accum "fp32": skip O *= alpha when alpha == 1 for every row of the warp (no row
     # max grew; exp2(0) is exactly 1, so this is exact). A warp-uniform vote and branch.
@@ -416,6 +433,7 @@ class SageAttnFwdSm90:
             block=[self.num_threads, 1, 1],
             stream=stream,
             min_blocks_per_mp=1,
+            use_pdl=self.config.pdl,
         )
 
     # ---------------------------------------------------------------- device
@@ -571,11 +589,19 @@ class SageAttnFwdSm90:
             )
             n_block_max = self.n_block_max(m_block, seqlen_k)
 
+            first = tile == sched.first_tile()
+            if const_expr(self.config.pdl):
+                # Note [PDL after the preprocessing]: Q first, then wait for K/V
+                if first:
+                    pipeline_q.producer_acquire(q_state)
+                    cute.copy(tma_atom_Q, tQgQ, tQsQ, tma_bar_ptr=pipeline_q.producer_get_barrier(q_state))
+                    cute.arch.griddepcontrol_wait()
             pipeline_k.producer_acquire(kv_state)
             cute.copy(tma_atom_K, tKgK[None, 0], tKsK[None, kv_state.index],
                       tma_bar_ptr=pipeline_k.producer_get_barrier(kv_state))
-            pipeline_q.producer_acquire(q_state)
-            cute.copy(tma_atom_Q, tQgQ, tQsQ, tma_bar_ptr=pipeline_q.producer_get_barrier(q_state))
+            if not (const_expr(self.config.pdl) and first):
+                pipeline_q.producer_acquire(q_state)
+                cute.copy(tma_atom_Q, tQgQ, tQsQ, tma_bar_ptr=pipeline_q.producer_get_barrier(q_state))
             q_state.advance()
             pipeline_v.producer_acquire(kv_state)
             cute.copy(tma_atom_V, tVgV[None, 0], tVsV[None, kv_state.index],
@@ -682,6 +708,8 @@ class SageAttnFwdSm90:
             else:
                 row0 = m_block * self.tile_m + row_in_tile
                 q_scale = Float32(mQScale[batch, head, self.q_scale_index(row0)])
+            if const_expr(self.config.pdl):
+                cute.arch.griddepcontrol_wait()  # K/V scales come from the preprocessing
             qk_scale_log2 = q_scale * softmax_scale_log2
             row_max.fill(-Float32.inf)
             row_sum.fill(0.0)
@@ -1132,7 +1160,6 @@ class SageAttnFwdSm90:
     ):
         acc_O_mn = wgmma.acc_mn_view(acc_O)
         num_rows = cute.size(acc_O_mn, mode=[0])
-        num_cols = cute.size(acc_O_mn, mode=[1])
         inv_d = cute.make_rmem_tensor((num_rows,), Float32)
         for r in cutlass.range_constexpr(num_rows):
             d = cute.arch.warp_reduction_sum(row_sum[r], threads_in_group=4)

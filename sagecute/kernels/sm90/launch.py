@@ -414,9 +414,10 @@ def all_variants(quick: bool = False):
             for gran in (QuantGranularity.PER_THREAD, QuantGranularity.PER_WARP):
                 if quick and (gran is QuantGranularity.PER_WARP or is_causal == (head_dim == 128)):
                     continue
-                # the API's path: Q quantized in the kernel (Note [Fused Q quantization])
+                # the API's path: Q quantized in the kernel (Note [Fused Q quantization]),
+                # launched after the preprocessing (Note [PDL after the preprocessing])
                 yield (cutlass.BFloat16, head_dim, is_causal, gran, PvAccum.FP32_FP32, True,
-                       AttnFwdConfigSm90.default(head_dim), cutlass.BFloat16)
+                       dataclasses.replace(AttnFwdConfigSm90.default(head_dim), pdl=True), cutlass.BFloat16)
                 if not quick:  # pre-quantized Q (prepare_inputs with per_block, tests)
                     yield (cutlass.BFloat16, head_dim, is_causal, gran, PvAccum.FP32_FP32, True,
                            AttnFwdConfigSm90.default(head_dim))
