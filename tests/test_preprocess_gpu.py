@@ -288,6 +288,9 @@ QKV_CASES = [
     (1, 4, 4, 8199, 8199, 64, BF16, "HND", T, False, "randn"),
     (1, 2, 2, 17, 2049, 128, FP16, "NHD", T, True, "fp16max"),
     (3, 3, 3, 300, 1024, 128, BF16, "NHD", W, True, "zeros_channel"),  # exactly one block per split
+    # Note [Stashed blocks]: 6 and 4 blocks per split, one of them from smem
+    (1, 4, 2, 300, 12000, 128, BF16, "HND", T, True, "outlier"),
+    (1, 2, 2, 64, 8192, 64, FP16, "HND", W, True, "randn"),
 ]
 
 

@@ -44,7 +44,7 @@ from .. import reference
 from ..kernels.common.quant_fp8 import QuantizeVFp8
 from ..kernels.common.quant_int8 import QuantizeInt8
 from ..kernels.common.quant_kmean import KMean
-from ..kernels.common.quant_qkv import QuantizeQKV, splits_for
+from ..kernels.common.quant_qkv import QuantizeQKV, splits_for, stash_for
 from ..launch_path import LaunchPath, tvm_ffi_available
 from ..plan_cache import cached_plan
 from ..quant_layout import FP8_E4M3_MAX, SM90_GEOMETRY, QuantGeometry, QuantGranularity
@@ -178,9 +178,9 @@ def _compile_v_fp8_ffi(dtype, head_dim: int, geom: QuantGeometry, arch, extra: s
 @functools.cache
 def _compile_qkv_ffi(
     dtype, head_dim: int, gran: QuantGranularity, smooth_k: bool, geom: QuantGeometry, splits: int, with_q: bool,
-    arch, extra="",
+    stash: int, arch, extra="",
 ):  # fmt: skip
-    op = QuantizeQKV(dtype, head_dim, gran, smooth_k, geom, splits, with_q)
+    op = QuantizeQKV(dtype, head_dim, gran, smooth_k, geom, splits, with_q, stash)
     return cute.compile(
         op,
         _fake_in(dtype, head_dim) if with_q else None, _fake_in(dtype, head_dim), _fake_in(dtype, head_dim),
@@ -232,15 +232,16 @@ def preprocess_variants(
             yield f"quant_v_fp8-{name}-d{d}", _compile_v_fp8, (dtype, d, geom)
             if ffi:
                 for gran in grans:
-                    # the API's: K and V (the attention kernel quantizes Q), 8 and 16 splits
+                    # the API's: K and V (the attention kernel quantizes Q), 8 and 16 splits,
+                    # the long-sequence one with a stashed block (Note [Stashed blocks])
                     yield (f"quant_kv-{name}-d{d}-{gran.value}-ffi", _compile_qkv_ffi,
-                           (dtype, d, gran, True, geom, 8, False))  # fmt: skip
-                    yield (f"quant_kv16-{name}-d{d}-{gran.value}-ffi", _compile_qkv_ffi,
-                           (dtype, d, gran, True, geom, 16, False))  # fmt: skip
+                           (dtype, d, gran, True, geom, 8, False, 0))  # fmt: skip
+                    yield (f"quant_kv16s1-{name}-d{d}-{gran.value}-ffi", _compile_qkv_ffi,
+                           (dtype, d, gran, True, geom, 16, False, 1))  # fmt: skip
                 yield (f"quant_qkv-{name}-d{d}-{grans[-1].value}-ffi", _compile_qkv_ffi,
-                       (dtype, d, grans[-1], True, geom, 8, True))  # fmt: skip
+                       (dtype, d, grans[-1], True, geom, 8, True, 0))  # fmt: skip
                 yield (f"quant_kv_nosmooth-{name}-d{d}-{grans[-1].value}-ffi", _compile_qkv_ffi,
-                       (dtype, d, grans[-1], False, geom, 8, False))  # fmt: skip
+                       (dtype, d, grans[-1], False, geom, 8, False, 0))  # fmt: skip
                 for gran in grans:
                     tag = f"{name}-d{d}-{gran.value}-ffi"
                     yield f"quant_q_int8-{tag}", _compile_int8_ffi, (dtype, d, gran, False, False, geom)
@@ -524,7 +525,8 @@ def _qkv_plan(q, k, v, gran, smooth_k: bool, geom: QuantGeometry, with_q: bool) 
     compiled = None
     if fused_qkv_supported(q, k, v, geom):
         splits = splits_for(lk, geom.blk_k)
-        compiled = _compile_qkv_ffi(_TORCH_TO_CUTE[q.dtype], d, gran, bool(smooth_k), geom, splits, with_q, None)
+        compiled = _compile_qkv_ffi(_TORCH_TO_CUTE[q.dtype], d, gran, bool(smooth_k), geom, splits, with_q,
+                                    stash_for(lk, splits, geom.blk_k), None)  # fmt: skip
     aligned = all(
         t.stride(-1) == 1 and all(st % _ALIGN_ELEMS == 0 for st in t.stride()[:-1]) for t in (q, k, v)
     )

@@ -22,6 +22,17 @@ V: pass 1 takes per-channel amax over the split's blocks
 memory like K's sums (max is exact in any order), then pass 2 quantizes in reverse
 order (``QuantizeVFp8.store_group``). Same read counts as K.
 
+Note [Stashed blocks]
+--------------------
+Pass 2 needs every block of the split again. The last one is still in registers; up to
+``stash`` earlier ones are copied to shared memory in pass 1 (each thread its own 16-byte
+vectors, so no barrier) and read back from there, and only the rest is re-read from
+global memory (mostly DRAM: the K/V of the CTAs in flight is larger than L2). A slot is
+32 KB (128 threads x 16 vectors of 16 bytes). One slot keeps 4 CTAs per SM (as many as
+the registers allow); 3 slots leave 2, too few loads in flight. H100, B4 H32 bf16 K/V
+(perf/prep_bandwidth.py): D128 L8k 406 -> 367 us with 1 slot (387 with 3), L16k
+858 -> 818; D64 L8k 199 -> 186, L16k 440 -> 414.
+
 Numerics: Note [Bit-exact quantizer arithmetic] in ``quant_math.py``; payloads and
 scales equal the standalone kernels' (and the reference's) given the same mean.
 CUDA cores and cluster barriers only: compiles for sm_90a, sm_100a and sm_120a.
@@ -60,10 +71,19 @@ NUM_WARPS = NUM_THREADS // 32
 SPLIT_CHOICES = (8, 16)  # K/V splits per (batch, head) = cluster size; 16 is non-portable
 
 
+STASH_CHOICES = (0, 1)  # blocks a split keeps in smem between its passes (Note [Stashed blocks])
+
+
 def splits_for(seqlen_k: int, blk: int = 128) -> int:
     """K/V splits for ``seqlen_k``: 16 once every split gets a block (smaller chunks
     per CTA, so pass 2's re-reads more often hit L2), else 8."""
     return 16 if seqlen_k >= 16 * blk else 8
+
+
+def stash_for(seqlen_k: int, splits: int, blk: int = 128) -> int:
+    """Note [Stashed blocks]: smem slots for a split's blocks besides the last one."""
+    blocks_per_split = -(-(-(-seqlen_k // blk)) // splits)
+    return max(c for c in STASH_CHOICES if c <= max(blocks_per_split - 1, 0))
 
 
 class QuantizeQKV:
@@ -79,8 +99,9 @@ class QuantizeQKV:
         geom: QuantGeometry,
         splits: int = SPLIT_CHOICES[0],
         with_q: bool = True,
+        stash: int = 0,
     ):
-        if not self.can_implement(dtype, head_dim, geom) or splits not in SPLIT_CHOICES:
+        if not self.can_implement(dtype, head_dim, geom) or splits not in SPLIT_CHOICES or stash not in STASH_CHOICES:
             raise ValueError(f"unsupported fused QKV quantizer config: {dtype}, head_dim={head_dim}, {geom}")
         self.dtype = dtype
         self.head_dim = head_dim
@@ -95,6 +116,9 @@ class QuantizeQKV:
         self.v_quant = QuantizeVFp8(dtype, head_dim, geom)
         self.vecs_per_row = head_dim // VEC
         self.groups_per_block = self.blk // GROUP
+        # Note [Stashed blocks]: slots of (VEC, stash_rows) vectors per thread
+        self.stash = stash
+        self.stash_rows = max(self.k_quant.rows_per_thread, GROUP)
 
     @staticmethod
     def can_implement(dtype, head_dim: int, geom: QuantGeometry) -> bool:
@@ -138,7 +162,8 @@ class QuantizeQKV:
 
     def smem_bytes(self) -> int:
         d = self.head_dim
-        return 3 * self.blk * 4 + d * NUM_WARPS * 4 + 2 * d * 4 + d * 2 + 5 * 16
+        stash = self.stash * NUM_THREADS * self.stash_rows * VEC * self.dtype.width // 8
+        return 3 * self.blk * 4 + d * NUM_WARPS * 4 + 2 * d * 4 + d * 2 + 5 * 16 + stash + 16
 
     # ============================================================ device
     @cute.kernel
@@ -167,15 +192,24 @@ class QuantizeQKV:
         s_split = smem.allocate_tensor(Float32, cute.make_layout(self.head_dim), byte_alignment=16)
         s_chan = smem.allocate_tensor(Float32, cute.make_layout(self.head_dim), byte_alignment=16)
         s_mean = smem.allocate_tensor(self.dtype, cute.make_layout(self.head_dim), byte_alignment=16)
+        s_stash = None
+        if const_expr(self.stash > 0):
+            # (vector element, row, thread, slot): a thread's 16-byte vectors, warps contiguous
+            rows, slot = self.stash_rows, NUM_THREADS * self.stash_rows * VEC
+            s_stash = smem.allocate_tensor(
+                self.dtype,
+                cute.make_layout((VEC, rows, NUM_THREADS, self.stash), stride=(1, NUM_THREADS * VEC, VEC, slot)),
+                byte_alignment=16,
+            )
 
         role = x // self.splits
         split = x % self.splits
         if role == 0:
             if head < mK.shape[1]:
-                self.k_split(mK, mK8, mKs, mKm, batch, head, split, tid, s_block, s_warp, s_split, s_mean)
+                self.k_split(mK, mK8, mKs, mKm, batch, head, split, tid, s_block, s_warp, s_split, s_mean, s_stash)
         elif role == 1:
             if head < mV.shape[1]:
-                self.v_split(mV, mV8, mVs, scale_max, batch, head, split, tid, s_warp, s_split, s_chan)
+                self.v_split(mV, mV8, mVs, scale_max, batch, head, split, tid, s_warp, s_split, s_chan, s_stash)
         else:
             if const_expr(self.with_q):
                 self.q_block(mQ, mQ8, mQs, batch, head, x - 2 * self.splits, tid, s_block)
@@ -198,6 +232,7 @@ class QuantizeQKV:
     def k_split(
         self, mK: cute.Tensor, mK8: cute.Tensor, mKs: cute.Tensor, mKm: Optional[cute.Tensor],
         batch, head, split, tid, s_block, s_warp: cute.Tensor, s_split: cute.Tensor, s_mean: cute.Tensor,
+        s_stash: Optional[cute.Tensor],
     ):  # fmt: skip
         seqlen = mK.shape[2]
         n_mine = self.blocks_of_split(seqlen, split)
@@ -214,6 +249,7 @@ class QuantizeQKV:
                 self.k_quant.load_rows(rX, mK.iterator, base, stride_l, split + i * self.splits, seqlen, tid)
                 for r in cutlass.range_constexpr(self.k_quant.rows_per_thread):
                     acc.store(acc.load() + rX[None, r].load().to(Float32))
+                self.stash_store(rX, s_stash, i, n_mine, tid)
             self.reduce_columns(acc, tid, s_warp, s_split, is_max=False)
             total = self.gather_splits(s_split, tid, is_max=False)
             self.publish_mean(total, seqlen, mKm, batch, head, split, tid, s_mean)
@@ -227,7 +263,8 @@ class QuantizeQKV:
             blk_idx = split + (n_mine - 1 - t) * self.splits
             if const_expr(self.smooth_k):
                 if t > 0:
-                    self.k_quant.load_rows(rX, mK.iterator, base, stride_l, blk_idx, seqlen, tid)
+                    if not self.stash_load(rX, s_stash, n_mine - 1 - t, tid):
+                        self.k_quant.load_rows(rX, mK.iterator, base, stride_l, blk_idx, seqlen, tid)
             else:
                 self.k_quant.load_rows(rX, mK.iterator, base, stride_l, blk_idx, seqlen, tid)
             self.k_quant.quantize_rows(rX, mean_f32, k8, mKs.iterator, bh, blk_idx, seqlen, tid, s_block)
@@ -238,6 +275,7 @@ class QuantizeQKV:
     def v_split(
         self, mV: cute.Tensor, mV8: cute.Tensor, mVs: cute.Tensor, scale_max: Float32,
         batch, head, split, tid, s_warp: cute.Tensor, s_split: cute.Tensor, s_chan: cute.Tensor,
+        s_stash: Optional[cute.Tensor],
     ):  # fmt: skip
         seqlen = mV.shape[2]
         n_mine = self.blocks_of_split(seqlen, split)
@@ -259,6 +297,7 @@ class QuantizeQKV:
                 for e in cutlass.range_constexpr(VEC):
                     for j in cutlass.range_constexpr(GROUP):
                         amax[e] = cute.arch.fmax(amax[e], abs(rX[e, j].to(Float32)))
+                self.stash_store(rX, s_stash, i, n_mine, tid)
         self.reduce_columns(amax, tid, s_warp, s_split, is_max=True)
         m = self.gather_splits(s_split, tid, is_max=True)
         bh = Int64(batch) * Int64(mV.shape[1]) + Int64(head)
@@ -279,7 +318,8 @@ class QuantizeQKV:
             if active:
                 group = (split + (n_mine - 1 - t) * self.splits) * self.groups_per_block + group_in_block
                 if t > 0:
-                    self.v_quant.load_group(rX, mV.iterator, base, stride_l, group, seqlen)
+                    if not self.stash_load(rX, s_stash, n_mine - 1 - t, tid):
+                        self.v_quant.load_group(rX, mV.iterator, base, stride_l, group, seqlen)
                 self.v_quant.store_group(rX, rInv, v8, row0, group, padded_len // 4)
         cute.arch.cluster_wait()  # no CTA leaves while another still reads its s_split
 
@@ -295,6 +335,26 @@ class QuantizeQKV:
         cute.arch.sync_threads()
 
     # ------------------------------------------------------------ split helpers
+    @cute.jit
+    def stash_store(self, rX: cute.Tensor, s_stash: Optional[cute.Tensor], i, n_mine, tid):
+        """Pass 1: keep block ``i`` of the split in smem if it has a slot (Note [Stashed
+        blocks]); the split's last block stays in registers instead."""
+        if const_expr(self.stash > 0):
+            if i < n_mine - 1 and i < self.stash:
+                for r in cutlass.range_constexpr(cute.size(rX, mode=[1])):
+                    s_stash[None, r, tid, i].store(rX[None, r].load())
+
+    @cute.jit
+    def stash_load(self, rX: cute.Tensor, s_stash: Optional[cute.Tensor], i, tid) -> cutlass.Boolean:
+        """Pass 2: block ``i`` of the split from its smem slot; False if it has none."""
+        hit = cutlass.Boolean(False)
+        if const_expr(self.stash > 0):
+            if i < self.stash:
+                for r in cutlass.range_constexpr(cute.size(rX, mode=[1])):
+                    rX[None, r].store(s_stash[None, r, tid, i].load())
+                hit = cutlass.Boolean(True)
+        return hit
+
     def blocks_of_split(self, seqlen, split):
         """How many of the ``ceil(seqlen / blk)`` blocks split ``split`` owns."""
         n_blocks = (seqlen + self.blk - 1) // self.blk

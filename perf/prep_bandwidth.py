@@ -1,0 +1,73 @@
+"""K/V preprocessing bandwidth (GPU): the one-launch K mean + K int8 + V fp8 kernel
+(``quantize_qkv_cute(with_q=False)``, the API's) against the device-to-device copy rate
+measured in the same run, for each count of stashed blocks (Note [Stashed blocks]).
+
+    python perf/prep_bandwidth.py [--stash auto,0,1] [--L 1024,8192,16384] [--D 128,64]
+
+Bytes counted once: K and V read (bf16), K int8 + V fp8 written (scales and the mean
+are < 1%). Times: CUDA graph of 20 calls, best of 3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from sagecute.preprocess import kernels as kern  # noqa: E402
+from sagecute.quant_layout import QuantGranularity  # noqa: E402
+
+
+def graph_us(fn, iters=20):
+    fn()
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(iters):
+            fn()
+    best = float("inf")
+    for _ in range(3):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        g.replay()
+        end.record()
+        torch.cuda.synchronize()
+        best = min(best, start.elapsed_time(end) / iters * 1e3)
+    return best
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--stash", default="auto,0,1")
+    p.add_argument("--L", default="1024,8192,16384")
+    p.add_argument("--D", default="128,64")
+    p.add_argument("--B", type=int, default=4)
+    p.add_argument("--H", type=int, default=32)
+    args = p.parse_args()
+    src = torch.empty(1024 * 2**20, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    copy_tbs = 2 * src.numel() / graph_us(lambda: dst.copy_(src)) / 1e6
+    print(f"{torch.cuda.get_device_name()}: device-to-device copy {copy_tbs:.2f} TB/s")
+    auto = kern.stash_for
+    for d in (int(x) for x in args.D.split(",")):
+        for length in (int(x) for x in args.L.split(",")):
+            q, k, v = (torch.randn(args.B, args.H, length, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+            traffic = (k.numel() + v.numel()) * 3  # bf16 in, 1-byte out
+            for stash in args.stash.split(","):
+                kern.stash_for = auto if stash == "auto" else (lambda *a, n=int(stash): n)
+                kern._QKV_PLANS.clear()
+                us = graph_us(lambda: kern.quantize_qkv_cute(q, k, v, GRAN, True, with_q=False))
+                tbs = traffic / us / 1e6
+                print(f"  D{d} L{length:6d} stash {stash:4s}: {us:8.1f} us {tbs:5.2f} TB/s = {tbs / copy_tbs:4.0%} of copy",
+                      flush=True)
+            kern.stash_for = auto
+
+
+GRAN = QuantGranularity.PER_THREAD
+
+if __name__ == "__main__":
+    main()
