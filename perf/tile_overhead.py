@@ -68,6 +68,7 @@ def main():
     p.add_argument("--dims", default="128,64")
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--causal-only", action="store_true")
+    p.add_argument("--only-8k", action="store_true", help="just L8k: full and causal (config A/B)")
     p.add_argument("--ncu-one", type=int, default=0, help="L: run B4 H32 L D128 once (after warm-up)")
     args = p.parse_args()
     b, h = 4, 32
@@ -84,6 +85,13 @@ def main():
     for d in [int(x) for x in args.dims.split(",")]:
         for name in args.configs.split(","):
             cfg, pv = _variant(name, d)
+            if args.only_8k:
+                for causal in (False, True):
+                    ms = time_ms(make_runner(b, h, 8 * K, 8 * K, d, causal, cfg, pv), args.iters)
+                    tops = 4 * b * h * (8 * K) ** 2 * d / ms / 1e9 / (2 if causal else 1)
+                    print(f"{name:16s} d{d} L8192 {'causal' if causal else 'full  '}: {ms:8.3f} ms {tops:7.1f} TOPS",
+                          flush=True)
+                continue
             if not args.causal_only:
                 t = {}
                 for lq, lk in ((K, K), (8 * K, K), (K, 8 * K), (8 * K, 8 * K)):

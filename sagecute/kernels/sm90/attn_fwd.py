@@ -14,21 +14,24 @@ Dataflow per CTA work tile (128 query rows of one (batch, head)):
     P   = e4m3(exp2(t - m)) straight from the accumulator registers (RS operand)
     O  += P V              RS ``wgmma m64nDk32 f32.e4m3.e4m3`` (QGMMA); "fp32+fp32":
           fresh accumulator per KV block, then O = O * alpha + O_blk
-  epilogue: O / rowsum * v_scale[channel] -> bf16/fp16 predicated register stores;
+  epilogue: O / rowsum * v_scale[channel] -> bf16/fp16 -> smem -> TMA store (Note [TMA O
+  store]; register stores where o's strides do not allow TMA);
   optional LSE.
 
 Warp roles: WG0 = producer (``setmaxnreg 24``), WG1/WG2 = consumers (``240``).
 Overlap: QK(n) and PV(n-1) in flight together, softmax(n) under PV(n-1) (intra-warpgroup);
 the two consumer warpgroups alternate GEMM issue through named barriers (ping-pong).
-Persistent: grid = min(#tiles, #SMs), static stride scheduler, LPT order for causal.
+Persistent: grid = min(#tiles, #SMs), static stride scheduler, LPT order for causal
+inside L2-sized head sections (Note [LPT in L2 sections], kernels/common/tile_scheduler.py).
 
 Limits: head_dim 64 or 128; Lq, Lk >= 1 arbitrary; V padded to a multiple of tile_n
 (``quant_layout.padded_kv_len``); causal is top-left (key j visible to query i iff
 j <= i). Scale layouts: ``quant_layout.SM90_GEOMETRY`` (per_thread, per_warp, per_block).
 
-Hardware status (tests/test_sm90_gpu.py vs ``reference.sageattn_reference``): the
-whole suite passed on H100 with ``int_row_max`` (reduce_partials 8); the test CASES
-also passed with the default (reduce_partials 4; ``bench --verify``).
+Hardware status: the whole GPU suite (tests/*_gpu.py, 180 tests) passed on an H100
+at the commit that added the stashed preprocessing blocks (140cc35), with the TMA O
+store, L2-sectioned LPT and PDL; compute-sanitizer memcheck/racecheck clean
+(perf/sanitize_sm90.py).
 """
 
 from __future__ import annotations
@@ -80,6 +83,19 @@ MAGIC_I2F_BIAS = 12582912.0
 # come before the first QK WGMMA reads them. per_block groups span both warpgroups: not
 # fused. Saves the preprocessing's Q pass (read bf16, write int8 and scales).
 FUSED_Q_GRANULARITIES = (QuantGranularity.PER_THREAD, QuantGranularity.PER_WARP)
+
+
+# Note [TMA O store]
+# ------------------
+# Each consumer warpgroup writes its 64 rows of O (normalized, in the output dtype)
+# into its own sO stage with stmatrix, fences, and its warp 0 issues one TMA store,
+# which runs on while the next tile starts. Rows past Lq are clipped by TMA. The stage
+# is rewritten one tile later, after warp 0 (the issuer) saw the previous store's smem
+# reads finish (``cp.async.bulk.wait_group.read``) and a warpgroup barrier. Replaces
+# 32 strided 32-bit global stores per thread, which filled the LSU queue and held
+# their address registers into the next tile (ncu, L=1k: 13% of stall samples;
+# kernel only 491 -> 551 TOPS). Needs o's strides to be 16-byte multiples; launch.py
+# falls back to the register stores otherwise.
 
 
 # Note [PDL after the preprocessing]
@@ -191,7 +207,9 @@ class AttnFwdConfigSm90:
     @staticmethod
     def default(head_dim: int) -> "AttnFwdConfigSm90":
         if head_dim == 64:
-            return AttnFwdConfigSm90(mainloop_unroll=2)
+            # reduce_partials 8: H100 L8192 +2..3% full, +3..4% causal over 4 (two runs each,
+            # perf/tile_overhead.py --only-8k); at d128 8 was within noise of 4 (877/836 vs 862)
+            return AttnFwdConfigSm90(mainloop_unroll=2, reduce_partials=8)
         return AttnFwdConfigSm90()
 
     @staticmethod
@@ -1221,12 +1239,7 @@ class SageAttnFwdSm90:
         wg_idx: Int32,
         warp_in_wg: Int32,
     ):
-        """Note [TMA O store]: this warpgroup's 64 rows of O -> its sO stage (stmatrix)
-        -> gmem by one TMA store, which runs on while the next tile starts. Rows past
-        Lq are clipped by TMA. The stage is rewritten one tile later, after warp 0 (the
-        issuer) saw the previous store's smem reads finish. Replaces 32 strided 32-bit
-        global stores per thread, which filled the LSU queue and held their address
-        registers into the next tile (ncu, L=1k)."""
+        """This warpgroup's 64 rows of O, normalized, to gmem (Note [TMA O store])."""
         acc_O_mn = wgmma.acc_mn_view(acc_O)
         for r in cutlass.range_constexpr(cute.size(acc_O_mn, mode=[0])):
             for c in cutlass.range_constexpr(cute.size(acc_O_mn, mode=[1])):
