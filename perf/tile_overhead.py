@@ -25,6 +25,7 @@ from sagecute import reference as ref  # noqa: E402
 from sagecute.kernels.sm90.bench import CONFIG_VARIANTS, _variant  # noqa: E402
 from sagecute.kernels.sm90.launch import attn_fwd_sm90  # noqa: E402
 from sagecute.quant_layout import SM90_GEOMETRY, QuantGranularity  # noqa: E402
+from timing import loop_ms  # noqa: E402
 
 CONFIG_VARIANTS.setdefault("no_l2_sections", (dict(l2_sections=False), None))
 CONFIG_VARIANTS.setdefault("stages3", (dict(num_stages=3), None))
@@ -45,21 +46,6 @@ def make_runner(b, h, lq, lk, d, causal, config, pv):
                       granularity=gran, pv_accum=pv, config=config)
 
     return run
-
-
-def time_ms(run, iters):
-    run()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    best = float("inf")
-    for _ in range(3):
-        start.record()
-        for _ in range(iters):
-            run()
-        end.record()
-        torch.cuda.synchronize()
-        best = min(best, start.elapsed_time(end) / iters)
-    return best
 
 
 def main():
@@ -87,7 +73,7 @@ def main():
             cfg, pv = _variant(name, d)
             if args.only_8k:
                 for causal in (False, True):
-                    ms = time_ms(make_runner(b, h, 8 * K, 8 * K, d, causal, cfg, pv), args.iters)
+                    ms = loop_ms(make_runner(b, h, 8 * K, 8 * K, d, causal, cfg, pv), args.iters)
                     tops = 4 * b * h * (8 * K) ** 2 * d / ms / 1e9 / (2 if causal else 1)
                     print(f"{name:16s} d{d} L8192 {'causal' if causal else 'full  '}: {ms:8.3f} ms {tops:7.1f} TOPS",
                           flush=True)
@@ -95,7 +81,7 @@ def main():
             if not args.causal_only:
                 t = {}
                 for lq, lk in ((K, K), (8 * K, K), (K, 8 * K), (8 * K, 8 * K)):
-                    ms = time_ms(make_runner(b, h, lq, lk, d, False, cfg, pv), args.iters)
+                    ms = loop_ms(make_runner(b, h, lq, lk, d, False, cfg, pv), args.iters)
                     t[(lq, lk)] = ms
                     tops = 4 * b * h * lq * lk * d / ms / 1e9
                     print(f"{name:16s} d{d} Lq{lq:5d} Lk{lk:5d} full  : {ms:8.3f} ms {tops:7.1f} TOPS", flush=True)
@@ -104,7 +90,7 @@ def main():
                 x = (64 - 8 * r) / (r - 1)
                 print(f"{name:16s} d{d} per-tile cost ~ {x:.2f} KV blocks", flush=True)
             for l in (8 * K, 16 * K):
-                ms = time_ms(make_runner(b, h, l, l, d, True, cfg, pv), args.iters)
+                ms = loop_ms(make_runner(b, h, l, l, d, True, cfg, pv), args.iters)
                 tops = 2 * b * h * l * l * d / ms / 1e9
                 print(f"{name:16s} d{d} L{l:5d} causal: {ms:8.3f} ms {tops:7.1f} TOPS", flush=True)
 

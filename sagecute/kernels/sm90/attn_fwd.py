@@ -315,6 +315,19 @@ class SageAttnFwdSm90:
         return 1024 + self.tile_m * d + q_in + o_stage + self.num_stages * (self.tile_n * d + d * self.tile_n)
 
     # ------------------------------------------------------------------ host
+    def make_tiled_mma_pv(self, num_wg: int) -> cute.TiledMma:
+        """P (registers) x V^T (smem) -> fp32, ``num_wg`` warpgroups of 64 rows."""
+        return sm90_utils_basic.make_trivial_tiled_mma(
+            cutlass.Float8E4M3FN,
+            cutlass.Float8E4M3FN,
+            cute.nvgpu.OperandMajorMode.K,
+            cute.nvgpu.OperandMajorMode.K,
+            Float32,
+            atom_layout_mnk=(num_wg, 1, 1),
+            tiler_mn=(64, self.head_dim),
+            a_source=warpgroup.OperandSource.RMEM,
+        )
+
     @cute.jit
     def __call__(
         self,
@@ -350,16 +363,7 @@ class SageAttnFwdSm90:
             atom_layout_mnk=(self.num_consumer_wg, 1, 1),
             tiler_mn=(64, self.tile_n),
         )
-        tiled_mma_pv = sm90_utils_basic.make_trivial_tiled_mma(
-            cutlass.Float8E4M3FN,
-            cutlass.Float8E4M3FN,
-            cute.nvgpu.OperandMajorMode.K,
-            cute.nvgpu.OperandMajorMode.K,
-            Float32,
-            atom_layout_mnk=(self.num_consumer_wg, 1, 1),
-            tiler_mn=(64, D),
-            a_source=warpgroup.OperandSource.RMEM,
-        )
+        tiled_mma_pv = self.make_tiled_mma_pv(self.num_consumer_wg)
 
         sQ_layout = wgmma.make_smem_layout_k_major(cutlass.Int8, self.tile_m, D)
         # TMA destination of Q: the int8 operand itself, or the bf16/fp16 tile to quantize
@@ -386,16 +390,7 @@ class SageAttnFwdSm90:
             tma_atom_O, tma_O = cpasync.make_tiled_tma_atom(
                 cpasync.CopyBulkTensorTileS2GOp(), mO, cute.select(sO_layout, mode=[0, 1]), (64, D)
             )
-            tiled_mma_pv_wg = sm90_utils_basic.make_trivial_tiled_mma(
-                cutlass.Float8E4M3FN,
-                cutlass.Float8E4M3FN,
-                cute.nvgpu.OperandMajorMode.K,
-                cute.nvgpu.OperandMajorMode.K,
-                Float32,
-                atom_layout_mnk=(1, 1, 1),
-                tiler_mn=(64, D),
-                a_source=warpgroup.OperandSource.RMEM,
-            )
+            tiled_mma_pv_wg = self.make_tiled_mma_pv(1)
         self.tma_bytes_Q = self.tile_m * D * self.q_dtype.width // 8
         sQin_size = cute.cosize(sQin_layout) if const_expr(self.fuse_q) else 64
         sO_size = cute.cosize(sO_layout) if const_expr(self.config.tma_o_store) else 64
