@@ -191,6 +191,9 @@ class AttnFwdConfigSm90:
     # causal: LPT order inside L2-sized sections of (batch, head) pairs (Note [LPT in L2
     # sections]); False: one section (every head's longest tile in the first wave)
     l2_sections: bool = True
+    # fused_scale_exp: every k-th score's exp2 on the FMA pipe instead of MUFU (Note
+    # [Polynomial exp2] in kernels/common/softmax.py); 0: all on MUFU
+    exp2_poly_every: int = 0
 
     def __post_init__(self) -> None:
         if self.tile_m != 128:
@@ -893,7 +896,18 @@ class SageAttnFwdSm90:
                 row_offset = Float32(MAGIC_I2F_BIAS) * scale + m_new
                 p = cute.math.exp2(row * scale - row_offset, fastmath=True)
             elif const_expr(self.config.fused_scale_exp):
-                p = cute.math.exp2(row * scale - m_new, fastmath=True)
+                if const_expr(self.config.exp2_poly_every > 0):
+                    # every k-th column on the FMA pipe (Note [Polynomial exp2])
+                    k = self.config.exp2_poly_every
+                    s_mn[r, None].store(row * scale - m_new)
+                    for c in cutlass.range_constexpr(cute.size(s_mn, mode=[1])):
+                        if const_expr(c % k == k - 1):
+                            s_mn[r, c] = softmax_utils.exp2_poly(s_mn[r, c])
+                        else:
+                            s_mn[r, c] = cute.math.exp2(s_mn[r, c], fastmath=True)
+                    p = s_mn[r, None].load()
+                else:
+                    p = cute.math.exp2(row * scale - m_new, fastmath=True)
             else:
                 p = cute.math.exp2(row - m_new, fastmath=True)
             alpha = cute.math.exp2(m_old - m_new, fastmath=True)

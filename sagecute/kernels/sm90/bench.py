@@ -84,6 +84,9 @@ CONFIG_VARIANTS = {
     "no_int_max": (dict(int_row_max=False), None),
     "fence": (dict(pv_wait_fence=True), None),
     "early_promote": (dict(early_promote=True), None),
+    "poly4": (dict(exp2_poly_every=4), None),
+    "poly8": (dict(exp2_poly_every=8), None),
+    "poly3": (dict(exp2_poly_every=3), None),
 }
 
 
