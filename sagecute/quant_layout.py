@@ -63,7 +63,7 @@ class PvAccum(enum.Enum):
 
     FP32 = "fp32"  # one FP8-MMA accumulation chain over all KV blocks
     FP32_FP32 = "fp32+fp32"  # fresh FP8-MMA chain per KV block, promoted with an fp32 add
-    FP32_FP16 = "fp32+fp16"  # fp16 partial sums per 64-token block, promoted to fp32
+    FP32_FP16 = "fp32+fp16"  # fp16 partial sums per 64 keys (V at +-2.25), promoted to fp32
 
 
 def cdiv(a: int, b: int) -> int:

@@ -313,6 +313,9 @@ def lse_smoothing_correction(qh: torch.Tensor, km: torch.Tensor, sm_scale: float
     return sm_scale * torch.matmul(qh.float(), kmx.transpose(-1, -2))[..., 0]
 
 
+FP16_ACC_KEYS = 64  # fp32+fp16: keys per fp16 partial sum (Note [fp32+fp16 on sm90])
+
+
 def _emulate_int8_fp8(
     qh, kh, vh, *, is_causal, sm_scale, gran, pv_accum, smooth_k, smooth_v, smooth_q, geom, lq, lk
 ):
@@ -364,14 +367,17 @@ def _emulate_int8_fp8(
         p8 = e4m3_round(p)
         v_blk = v8f[:, :, j0:j1]
         if pv_accum is PvAccum.FP32_FP16:
-            part = torch.zeros(b, hq, lq, d, device=qh.device, dtype=torch.float16)
-            for s0 in range(0, j1 - j0, 32):
-                s1 = min(s0 + 32, j1 - j0)
-                part = (part.float() + torch.matmul(p8[..., s0:s1], v_blk[:, :, s0:s1])).half()
-            part = part.float()
+            # one fp16 accumulator per 64 keys, rounded after every 32-key MMA step;
+            # O = O * alpha + h0 + h1 (64 * 448 * 2.25 < 65504: no fp16 overflow)
+            o = o * alpha.unsqueeze(-1)
+            for h0 in range(0, j1 - j0, FP16_ACC_KEYS):
+                part = torch.zeros(b, hq, lq, d, device=qh.device, dtype=torch.float16)
+                for s0 in range(h0, min(h0 + FP16_ACC_KEYS, j1 - j0), 32):
+                    s1 = min(s0 + 32, j1 - j0)
+                    part = (part.float() + torch.matmul(p8[..., s0:s1], v_blk[:, :, s0:s1])).half()
+                o = o + part.float()
         else:
-            part = torch.matmul(p8, v_blk)
-        o = o * alpha.unsqueeze(-1) + part
+            o = o * alpha.unsqueeze(-1) + torch.matmul(p8, v_blk)
     o = o / dsum.unsqueeze(-1) * _expand_kv(vs.unsqueeze(2), hq)
     if vm is not None:
         o = o + _expand_kv(vm.unsqueeze(2), hq)

@@ -239,8 +239,10 @@ def test_dispatch_maps_archs():
     with pytest.raises(NotImplementedError, match="sm120 kernel is not implemented"):
         dispatch.select_for_arch("sm120", cfg, backend="sm120")
     fp16acc = dispatch.CallConfig(128, torch.bfloat16, False, "per_thread", "fp32+fp16", True, False, False)
-    spec = dispatch.select_for_arch("sm90", fp16acc)
-    assert spec.backend == "sdpa" and "fp32+fp16" in spec.reason
+    assert dispatch.select_for_arch("sm90", fp16acc).backend == "sm90"  # Note [fp32+fp16 on sm90]
+    smooth_v = dispatch.CallConfig(128, torch.bfloat16, False, "per_thread", "fp32+fp32", True, True, False)
+    spec = dispatch.select_for_arch("sm90", smooth_v)
+    assert spec.backend == "sdpa" and "smooth_v" in spec.reason
     big = dispatch.CallConfig(256, torch.bfloat16, False, "per_thread", "fp32+fp32", True, False, False)
     assert "head_dim 256" in dispatch.select_for_arch("sm90", big).reason
 

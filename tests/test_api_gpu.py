@@ -1,5 +1,7 @@
 """Public API on an H100/H200: sageattn end to end vs the emulation and fp64."""
 
+import warnings
+
 import pytest
 import torch
 from tolerances import error_metrics, make_qkv
@@ -67,11 +69,25 @@ def test_auto_dispatch_on_sm90_and_fallbacks():
     q, k, v = make_qkv(1, 4, 4, 256, 256, 128, device="cuda")
     cfg = dispatch.CallConfig(128, q.dtype, False, "per_thread", "fp32+fp32", True, False, False)
     assert dispatch.select(q.device, cfg).backend == "sm90"
-    with pytest.warns(RuntimeWarning, match="fp32\\+fp16"):
-        o = sagecute.sageattn(q, k, v, pv_accum_dtype="fp32+fp16")
+    with pytest.warns(RuntimeWarning, match="smooth_v"):
+        o = sagecute.sageattn(q, k, v, smooth_v=True)
     assert torch.isfinite(o).all()
-    with pytest.raises(NotImplementedError, match="fp32\\+fp16"):
-        sagecute.sageattn(q, k, v, pv_accum_dtype="fp32+fp16", backend="sm90")
+    with pytest.raises(NotImplementedError, match="smooth_v"):
+        sagecute.sageattn(q, k, v, smooth_v=True, backend="sm90")
+
+
+@needs_sm90
+def test_fp32_fp16_accumulation_runs_on_sm90():
+    """Note [fp32+fp16 on sm90]: the sm90 kernel, matching the reference's emulation."""
+    q, k, v = make_qkv(2, 4, 2, 300, 777, 128, device="cuda", kind="outlier")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no fallback warning
+        o = sagecute.sageattn(q, k, v, is_causal=True, pv_accum_dtype="fp32+fp16")
+    ref = sagecute.sageattn(q, k, v, is_causal=True, pv_accum_dtype="fp32+fp16", backend="reference")
+    exact = reference.attention_exact(q, k, v, is_causal=True)
+    m_ref, m_exact = error_metrics(o, ref), error_metrics(ref, exact)
+    assert m_ref.rel_l1 <= max(2e-3, 0.1 * m_exact.rel_l1), (m_ref, m_exact)
+    assert torch.isfinite(o).all()
 
 
 @pytest.mark.parametrize("backend", ["reference", "sdpa"])

@@ -83,8 +83,7 @@ def test_sm90_can_implement():
     assert not ok and "head_dim" in why
     ok, why = can_implement(128, "float32")
     assert not ok and "dtype" in why
-    ok, why = can_implement(128, "bfloat16", pv_accum=PvAccum.FP32_FP16)
-    assert not ok and "pv_accum" in why
+    assert can_implement(128, "bfloat16", pv_accum=PvAccum.FP32_FP16)[0]  # Note [fp32+fp16 on sm90]
     from sagecute.kernels.sm90.attn_fwd import SageAttnFwdSm90
 
     ok, why = SageAttnFwdSm90.can_implement(

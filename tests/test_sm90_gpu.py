@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sagecute.quant_layout import SM90_GEOMETRY, PvAccum, QuantGranularity
+from sagecute.quant_layout import FP8_E4M3_MAX, FP8_SCALE_MAX_FP16_ACCUM, SM90_GEOMETRY, PvAccum, QuantGranularity
 
 pytestmark = pytest.mark.gpu
 
@@ -28,6 +28,8 @@ CASES = [
     (128, True, 128, 128, 3, 8, 8, "HND", FP16, W, PvAccum.FP32),
     (64, True, 300, 300, 1, 2, 1, "PADDED", BF16, T, PvAccum.FP32_FP32),
     (128, False, 200, 300, 1, 2, 2, "PADDED4", FP16, T, PvAccum.FP32_FP32),
+    (128, True, 1000, 1000, 1, 4, 2, "NHD", BF16, T, PvAccum.FP32_FP16),
+    (64, False, 17, 4096, 2, 4, 4, "HND", FP16, W, PvAccum.FP32_FP16),
 ]
 
 
@@ -55,7 +57,8 @@ def run_case(d, causal, lq, lk, b, hq, hkv, layout, dtype, gran, pv, *, kind="ou
     km = ref.k_mean(k)
     q8, qs = ref.quantize_qk_int8(q, gran, SM90_GEOMETRY, is_k=False)
     k8, ks = ref.quantize_qk_int8(k, gran, SM90_GEOMETRY, is_k=True, mean=km)
-    v8, vs = ref.quantize_v_fp8(v, SM90_GEOMETRY)
+    v_max = FP8_SCALE_MAX_FP16_ACCUM if pv is PvAccum.FP32_FP16 else FP8_E4M3_MAX  # Note [fp32+fp16 on sm90]
+    v8, vs = ref.quantize_v_fp8(v, SM90_GEOMETRY, scale_max=v_max)
 
     if layout == "HND":
         o = torch.full((b, hq, lq, d), float("nan"), device=dev, dtype=dtype)

@@ -53,6 +53,31 @@ def gemm(
         warpgroup.wait_group(wg_wait)
 
 
+@cute.jit
+def gemm_split_k(
+    tiled_mma: cute.TiledMma,
+    accs: list,
+    tCrA: cute.Tensor,
+    tCrB: cute.Tensor,
+    wg_wait: cutlass.Constexpr[int] = 0,
+) -> None:
+    """``accs[i] = A @ B`` over the i-th of ``len(accs)`` equal slices of the K mode
+    (each freshly initialized), as one committed WGMMA group; ``wg_wait`` as in
+    :func:`gemm`."""
+    num_k = cute.size(tCrA.shape[2])
+    per_acc = num_k // len(accs)
+    warpgroup.fence()
+    mma_atom = cute.make_mma_atom(tiled_mma.op)
+    for i in cutlass.range_constexpr(len(accs)):
+        mma_atom.set(warpgroup.Field.ACCUMULATE, False)
+        for k in cutlass.range_constexpr(i * per_acc, (i + 1) * per_acc):
+            cute.gemm(mma_atom, accs[i], tCrA[None, None, k], tCrB[None, None, k], accs[i])
+            mma_atom.set(warpgroup.Field.ACCUMULATE, True)
+    warpgroup.commit_group()
+    if const_expr(wg_wait >= 0):
+        warpgroup.wait_group(wg_wait)
+
+
 def acc_mn_view(acc: cute.Tensor) -> cute.Tensor:
     """View an sm90 accumulator ``((2, 2, N/8), MMA_M, MMA_N)`` as ``(rows, cols)``:
     rows ``(2, MMA_M)`` (row r and r+8), cols ``(2, N/8, MMA_N)``."""

@@ -29,9 +29,9 @@ Limits: head_dim 64 or 128; Lq, Lk >= 1 arbitrary; V padded to a multiple of til
 j <= i). Scale layouts: ``quant_layout.SM90_GEOMETRY`` (per_thread, per_warp, per_block).
 
 Hardware status: the whole GPU suite (tests/*_gpu.py, 180 tests) passed on an H100
-at the commit that added the stashed preprocessing blocks (140cc35), with the TMA O
-store, L2-sectioned LPT and PDL; compute-sanitizer memcheck/racecheck clean
-(perf/sanitize_sm90.py).
+at 23fcf28 (TMA O store, L2-sectioned LPT, PDL); compute-sanitizer memcheck/racecheck
+clean (perf/sanitize_sm90.py). fp32+fp16 came after: tests/test_sm90_gpu.py and
+tests/test_api_gpu.py (56 tests, with its new cases) passed on an H100.
 """
 
 from __future__ import annotations
@@ -96,6 +96,20 @@ FUSED_Q_GRANULARITIES = (QuantGranularity.PER_THREAD, QuantGranularity.PER_WARP)
 # their address registers into the next tile (ncu, L=1k: 13% of stall samples;
 # kernel only 491 -> 551 TOPS). Needs o's strides to be 16-byte multiples; launch.py
 # falls back to the register stores otherwise.
+
+
+# Note [fp32+fp16 on sm90]
+# ------------------------
+# The PV MMA of a 128-key block accumulates in fp16 (QGMMA ...F16.E4M3.E4M3), in two
+# accumulators of 64 keys each, promoted into the fp32 O together: O = O * alpha + h0
+# + h1. 64 keys keep SageAttention2++'s bound: with V quantized to +-2.25
+# (scale_max), |sum| <= 64 * 448 * 2.25 = 64512 < 65504, no fp16 overflow; a single
+# 128-key fp16 sum could overflow on degenerate rows (equal scores, a constant V
+# channel). The hardware rounds the accumulator to fp16 after each k=32 MMA step, as
+# ``reference._emulate_int8_fp8`` does. Slower than fp32+fp32 on Hopper (fp16 and fp32
+# accumulation run at the same rate, and the promotion adds one FADD per element):
+# H100 L8192 d128 820 vs 864 TOPS, causal 735 vs 817. It exists so the mode runs on
+# this kernel instead of falling back to SDPA.
 
 
 # Note [PDL after the preprocessing]
@@ -230,6 +244,7 @@ class BlockCtx(NamedTuple):
     tOrVt: cute.Tensor
     acc_O: cute.Tensor
     acc_O_tmp: Optional[cute.Tensor]
+    acc_O_tmp2: Optional[cute.Tensor]  # fp32+fp16: the second 64-token half's accumulator
     acc_S: cute.Tensor
     acc_S_f: cute.Tensor
     row_max: cute.Tensor
@@ -284,7 +299,10 @@ class SageAttnFwdSm90:
         self.tile_n = config.tile_n
         self.num_stages = config.num_stages
         self.intra_wg_overlap = config.intra_wg_overlap
-        self.promote_under_qk = config.early_promote and pv_accum == PvAccum.FP32_FP32
+        # "fp32+fp32" / "fp32+fp16": a fresh PV accumulator per KV block (acc_O_tmp, fp32
+        # or fp16), promoted into the fp32 O (numerics.md §5)
+        self.two_level = pv_accum in (PvAccum.FP32_FP32, PvAccum.FP32_FP16)
+        self.promote_under_qk = config.early_promote and self.two_level
         # release sQ after the tile's last QK (a fused Q's input tile is released as
         # soon as it is quantized instead)
         self.early_q_release = config.intra_wg_overlap and config.early_q_release and not self.fuse_q
@@ -303,8 +321,8 @@ class SageAttnFwdSm90:
             return False, f"head_dim must be 64 or 128, got {head_dim}"
         if out_dtype not in (cutlass.BFloat16, cutlass.Float16):
             return False, f"output dtype must be bf16 or fp16, got {out_dtype}"
-        if pv_accum not in (PvAccum.FP32, PvAccum.FP32_FP32):
-            return False, f"pv_accum {pv_accum} is not implemented on sm90 (fp32, fp32+fp32)"
+        if pv_accum not in (PvAccum.FP32, PvAccum.FP32_FP32, PvAccum.FP32_FP16):
+            return False, f"pv_accum {pv_accum} is not implemented on sm90 (fp32, fp32+fp32, fp32+fp16)"
         if not isinstance(granularity, QuantGranularity):
             return False, f"bad granularity {granularity!r}"
         return True, ""
@@ -318,14 +336,15 @@ class SageAttnFwdSm90:
         return 1024 + self.tile_m * d + q_in + o_stage + self.num_stages * (self.tile_n * d + d * self.tile_n)
 
     # ------------------------------------------------------------------ host
-    def make_tiled_mma_pv(self, num_wg: int) -> cute.TiledMma:
-        """P (registers) x V^T (smem) -> fp32, ``num_wg`` warpgroups of 64 rows."""
+    def make_tiled_mma_pv(self, num_wg: int, acc_dtype=Float32) -> cute.TiledMma:
+        """P (registers) x V^T (smem) -> ``acc_dtype``, ``num_wg`` warpgroups of 64 rows
+        (the accumulator's (row, column) layout is the same for fp32 and fp16)."""
         return sm90_utils_basic.make_trivial_tiled_mma(
             cutlass.Float8E4M3FN,
             cutlass.Float8E4M3FN,
             cute.nvgpu.OperandMajorMode.K,
             cute.nvgpu.OperandMajorMode.K,
-            Float32,
+            acc_dtype,
             atom_layout_mnk=(num_wg, 1, 1),
             tiler_mn=(64, self.head_dim),
             a_source=warpgroup.OperandSource.RMEM,
@@ -366,7 +385,10 @@ class SageAttnFwdSm90:
             atom_layout_mnk=(self.num_consumer_wg, 1, 1),
             tiler_mn=(64, self.tile_n),
         )
-        tiled_mma_pv = self.make_tiled_mma_pv(self.num_consumer_wg)
+        # fp32+fp16: the per-block PV accumulator is fp16 (the only GEMM into O's side)
+        tiled_mma_pv = self.make_tiled_mma_pv(
+            self.num_consumer_wg, cutlass.Float16 if const_expr(self.pv_accum == PvAccum.FP32_FP16) else Float32
+        )
 
         sQ_layout = wgmma.make_smem_layout_k_major(cutlass.Int8, self.tile_m, D)
         # TMA destination of Q: the int8 operand itself, or the bf16/fp16 tile to quantize
@@ -700,8 +722,13 @@ class SageAttnFwdSm90:
         v_scale = cute.make_rmem_tensor((cute.size(acc_O_mn, mode=[1]),), Float32)
         acc_S_f = cute.make_rmem_tensor(acc_shape_S, Float32)
         acc_O_tmp = None
+        acc_O_tmp2 = None
         if const_expr(self.pv_accum == PvAccum.FP32_FP32):
             acc_O_tmp = cute.make_rmem_tensor(acc_shape_O, Float32)
+        if const_expr(self.pv_accum == PvAccum.FP32_FP16):
+            # Note [fp32+fp16 on sm90]: one fp16 accumulator per 64-token half block
+            acc_O_tmp = cute.make_rmem_tensor(acc_shape_O, cutlass.Float16)
+            acc_O_tmp2 = cute.make_rmem_tensor(acc_shape_O, cutlass.Float16)
 
         q_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, 1)
         kv_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.num_stages)
@@ -732,7 +759,7 @@ class SageAttnFwdSm90:
             acc_O.fill(0.0)
 
             ctx = BlockCtx(
-                tSrQ=tSrQ, tSrK=tSrK, tOrP=tOrP, tOrVt=tOrVt, acc_O=acc_O, acc_O_tmp=acc_O_tmp,
+                tSrQ=tSrQ, tSrK=tSrK, tOrP=tOrP, tOrVt=tOrVt, acc_O=acc_O, acc_O_tmp=acc_O_tmp, acc_O_tmp2=acc_O_tmp2,
                 acc_S=acc_S, acc_S_f=acc_S_f, row_max=row_max, row_sum=row_sum,
                 row_scale=row_scale, row_scale_prev=row_scale_prev,
                 tScS_mn=tScS_mn, tOcO_mn=tOcO_mn, mKScale=mKScale[batch, head_kv, None],
@@ -942,18 +969,26 @@ class SageAttnFwdSm90:
                 acc_O_mn[r, None].store(acc_O_mn[r, None].load() * row_scale[r])
 
     @cute.jit
-    def promote_o(self, acc_O: cute.Tensor, acc_O_tmp: cute.Tensor, row_scale: cute.Tensor):
-        """fp32+fp32 (numerics.md §5): O = O * alpha + (this block's fresh FP8 chain)."""
+    def promote_o(self, acc_O: cute.Tensor, acc_O_tmp: cute.Tensor, row_scale: cute.Tensor,
+                  acc_O_tmp2: Optional[cute.Tensor] = None):
+        """fp32+fp32 / fp32+fp16 (numerics.md §5): O = O * alpha + this block's fresh
+        FP8-MMA accumulation (fp32; or two fp16 halves, Note [fp32+fp16 on sm90])."""
         acc_O_mn = wgmma.acc_mn_view(acc_O)
         tmp_mn = wgmma.acc_mn_view(acc_O_tmp)
         for r in cutlass.range_constexpr(cute.size(row_scale)):
-            acc_O_mn[r, None].store(acc_O_mn[r, None].load() * row_scale[r] + tmp_mn[r, None].load())
+            o = acc_O_mn[r, None].load() * row_scale[r] + tmp_mn[r, None].load().to(Float32)
+            if const_expr(acc_O_tmp2 is not None):
+                o = o + wgmma.acc_mn_view(acc_O_tmp2)[r, None].load().to(Float32)
+            acc_O_mn[r, None].store(o)
 
     @cute.jit
     def issue_pv(self, ctx: "BlockCtx", tiled_mma_pv: cute.TiledMma, stage: Int32, wg_wait: cutlass.Constexpr[int]):
         if const_expr(self.pv_accum == PvAccum.FP32):
             wgmma.gemm(tiled_mma_pv, ctx.acc_O, ctx.tOrP, ctx.tOrVt[None, None, None, stage],
                        zero_init=False, wg_wait=wg_wait)
+        elif const_expr(self.pv_accum == PvAccum.FP32_FP16):
+            wgmma.gemm_split_k(tiled_mma_pv, [ctx.acc_O_tmp, ctx.acc_O_tmp2], ctx.tOrP,
+                               ctx.tOrVt[None, None, None, stage], wg_wait=wg_wait)
         else:
             wgmma.gemm(tiled_mma_pv, ctx.acc_O_tmp, ctx.tOrP, ctx.tOrVt[None, None, None, stage],
                        zero_init=True, wg_wait=wg_wait)
@@ -961,8 +996,8 @@ class SageAttnFwdSm90:
     @cute.jit
     def finish_pv(self, ctx: "BlockCtx", row_scale: cute.Tensor):
         """After the PV WGMMA of a block retired: fold it into O (fp32+fp32)."""
-        if const_expr(self.pv_accum == PvAccum.FP32_FP32):
-            self.promote_o(ctx.acc_O, ctx.acc_O_tmp, row_scale)
+        if const_expr(self.two_level):
+            self.promote_o(ctx.acc_O, ctx.acc_O_tmp, row_scale, ctx.acc_O_tmp2)
 
     @cute.jit
     def mma_one_block(
@@ -1029,6 +1064,8 @@ class SageAttnFwdSm90:
         if const_expr(self.promote_under_qk):
             # nothing pending yet: the first promotion computes O = O * 1 + 0 (O = 0)
             ctx.acc_O_tmp.fill(0.0)
+            if const_expr(ctx.acc_O_tmp2 is not None):
+                ctx.acc_O_tmp2.fill(0.0)
             ctx.row_scale_prev.fill(1.0)
         else:
             ctx.row_scale_prev.store(ctx.row_scale.load())

@@ -64,6 +64,7 @@ CONFIG_VARIANTS = {
     # name: (AttnFwdConfigSm90 kwargs, pv_accum override or None)
     "default": ({}, None),
     "pv32": ({}, "fp32"),  # the fp32 PV accumulation user mode (frees acc_O_tmp's 64 registers)
+    "pv16": ({}, "fp32+fp16"),  # Note [fp32+fp16 on sm90]
     "no_overlap": (dict(intra_wg_overlap=False), None),
     "stages3": (dict(num_stages=3), None),
     "no_pingpong": (dict(wg_pingpong=False), None),
@@ -97,7 +98,7 @@ def _variant(name, d):
     kw, pv = CONFIG_VARIANTS[name]
     base = AttnFwdConfigSm90.default(d)
     cfg = AttnFwdConfigSm90(**{**{f: getattr(base, f) for f in base.__dataclass_fields__}, **kw})
-    return cfg, (PvAccum.FP32 if pv == "fp32" else PvAccum.FP32_FP32)
+    return cfg, (PvAccum(pv) if pv else PvAccum.FP32_FP32)
 
 
 def verify(names):

@@ -421,6 +421,10 @@ def all_variants(quick: bool = False):
                 if not quick:  # pre-quantized Q (prepare_inputs with per_block, tests)
                     yield (cutlass.BFloat16, head_dim, is_causal, gran, PvAccum.FP32_FP32, True,
                            AttnFwdConfigSm90.default(head_dim))
+    if not quick:  # the other PV accumulations (Note [fp32+fp16 on sm90])
+        for pv in (PvAccum.FP32_FP16, PvAccum.FP32):
+            yield (cutlass.BFloat16, 128, False, QuantGranularity.PER_THREAD, pv, True,
+                   dataclasses.replace(AttnFwdConfigSm90.default(128), pdl=True), cutlass.BFloat16)
 
 
 def _summary(sass: dict, kernel: SageAttnFwdSm90) -> dict:

@@ -7,7 +7,7 @@ import functools
 import importlib.util
 
 SUPPORTED_HEAD_DIMS = (64, 128)  # smaller head dims are zero padded by the API
-SUPPORTED_PV_ACCUM = ("fp32+fp32", "fp32")
+SUPPORTED_PV_ACCUM = ("fp32+fp32", "fp32", "fp32+fp16")
 SUPPORTED_GRANULARITY = ("per_thread", "per_warp")
 
 
