@@ -3,6 +3,7 @@ has the expected shape: IGMMA (int8 QK), QGMMA (fp8 PV), TMA loads, no spills.""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import pytest
@@ -46,10 +47,13 @@ def _variants():
         # Q quantized in the kernel (Note [Fused Q quantization]): the API's path
         (cutlass.BFloat16, 128, False, T, PvAccum.FP32_FP32, True, cfg, cutlass.BFloat16),
         (cutlass.Float16, 64, True, W, PvAccum.FP32_FP32, False, cfg, cutlass.Float16),
+        # the API's launch after the preprocessing (PDL), fp16 PV accumulators
+        (cutlass.BFloat16, 128, True, T, PvAccum.FP32_FP16, True, dataclasses.replace(cfg, pdl=True),
+         cutlass.BFloat16),
     ]
 
 
-@pytest.mark.parametrize("variant", range(6))
+@pytest.mark.parametrize("variant", range(7))
 def test_sm90_compiles_without_spills(variant, tmp_path):
     from sagecute.kernels.sm90.launch import compile_one_to_cubin
 
