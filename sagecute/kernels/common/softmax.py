@@ -83,9 +83,9 @@ def row_max_int(row: cute.Tensor, num_partials: int = 8):
 
 # Note [Polynomial exp2]
 # ----------------------
-# The softmax is bound by MUFU.EX2 throughput in its second half (one warp instruction
-# per 8 cycles per SM sub-partition on Hopper; 64 per thread and KV block). Some of the
-# exponentials can run on the FMA pipe instead: 2^x = 2^floor(x) * 2^f, f in [0, 1),
+# MUFU.EX2 issues one warp instruction per 8 cycles per SM sub-partition on Hopper (64
+# per thread and KV block in the sm90 kernel), so some of the exponentials could run on
+# the FMA pipe instead (measured: no gain on an H100, perf/NOTES.md; off by default): 2^x = 2^floor(x) * 2^f, f in [0, 1),
 # 2^f by a cubic with p(0) = 1, p(1) = 2 (max relative error 1.0e-4, fitted for this
 # project), 2^floor(x) added into the exponent bits. Nine instructions on the FMA/ALU
 # pipes instead of one MUFU. The error is far below the e4m3 step P is rounded to

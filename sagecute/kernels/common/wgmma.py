@@ -42,15 +42,7 @@ def gemm(
 
     ``wg_wait >= 0`` waits until at most that many groups are in flight;
     ``wg_wait < 0`` returns with the group in flight (caller waits)."""
-    warpgroup.fence()
-    mma_atom = cute.make_mma_atom(tiled_mma.op)
-    mma_atom.set(warpgroup.Field.ACCUMULATE, not zero_init)
-    for k in cutlass.range_constexpr(cute.size(tCrA.shape[2])):
-        cute.gemm(mma_atom, acc, tCrA[None, None, k], tCrB[None, None, k], acc)
-        mma_atom.set(warpgroup.Field.ACCUMULATE, True)
-    warpgroup.commit_group()
-    if const_expr(wg_wait >= 0):
-        warpgroup.wait_group(wg_wait)
+    gemm_split_k(tiled_mma, [acc], tCrA, tCrB, zero_init=zero_init, wg_wait=wg_wait)
 
 
 @cute.jit
@@ -59,17 +51,16 @@ def gemm_split_k(
     accs: list,
     tCrA: cute.Tensor,
     tCrB: cute.Tensor,
+    zero_init: cutlass.Constexpr[bool] = True,
     wg_wait: cutlass.Constexpr[int] = 0,
 ) -> None:
-    """``accs[i] = A @ B`` over the i-th of ``len(accs)`` equal slices of the K mode
-    (each freshly initialized), as one committed WGMMA group; ``wg_wait`` as in
-    :func:`gemm`."""
-    num_k = cute.size(tCrA.shape[2])
-    per_acc = num_k // len(accs)
+    """``accs[i] (+)= A @ B`` over the i-th of ``len(accs)`` equal slices of the K
+    mode, as one committed WGMMA group; ``wg_wait`` as in :func:`gemm`."""
+    per_acc = cute.size(tCrA.shape[2]) // len(accs)
     warpgroup.fence()
     mma_atom = cute.make_mma_atom(tiled_mma.op)
     for i in cutlass.range_constexpr(len(accs)):
-        mma_atom.set(warpgroup.Field.ACCUMULATE, False)
+        mma_atom.set(warpgroup.Field.ACCUMULATE, not zero_init)
         for k in cutlass.range_constexpr(i * per_acc, (i + 1) * per_acc):
             cute.gemm(mma_atom, accs[i], tCrA[None, None, k], tCrB[None, None, k], accs[i])
             mma_atom.set(warpgroup.Field.ACCUMULATE, True)

@@ -126,6 +126,14 @@ FUSED_Q_GRANULARITIES = (QuantGranularity.PER_THREAD, QuantGranularity.PER_WARP)
 # (At L=1k the preprocessing is ~1/4 of a call.)
 
 
+def tma_load(pipe: pipeline.PipelineAsync, tma_atom: cute.CopyAtom, src: cute.Tensor, dst: cute.Tensor,
+             state: pipeline.PipelineState) -> None:
+    """Producer: wait for the stage ``state`` to be free, then TMA ``src`` -> ``dst`` on
+    its barrier (plain Python: inlined while the kernel is traced)."""
+    pipe.producer_acquire(state)
+    cute.copy(tma_atom, src, dst, tma_bar_ptr=pipe.producer_get_barrier(state))
+
+
 class WarpRole(enum.IntEnum):
     PRODUCER_WG = 0  # warpgroup 0; its warp 0 issues TMA
     CONSUMER_WG0 = 1
@@ -243,8 +251,9 @@ class BlockCtx(NamedTuple):
     tOrP: cute.Tensor
     tOrVt: cute.Tensor
     acc_O: cute.Tensor
-    acc_O_tmp: Optional[cute.Tensor]
-    acc_O_tmp2: Optional[cute.Tensor]  # fp32+fp16: the second 64-token half's accumulator
+    # two-level PV modes: this block's fresh accumulators, promoted into acc_O (fp32+fp32:
+    # one fp32; fp32+fp16: two fp16 of 64 keys, Note [fp32+fp16 on sm90]); "fp32": ()
+    acc_O_parts: tuple
     acc_S: cute.Tensor
     acc_S_f: cute.Tensor
     row_max: cute.Tensor
@@ -299,7 +308,7 @@ class SageAttnFwdSm90:
         self.tile_n = config.tile_n
         self.num_stages = config.num_stages
         self.intra_wg_overlap = config.intra_wg_overlap
-        # "fp32+fp32" / "fp32+fp16": a fresh PV accumulator per KV block (acc_O_tmp, fp32
+        # "fp32+fp32" / "fp32+fp16": fresh PV accumulators per KV block (acc_O_parts, fp32
         # or fp16), promoted into the fp32 O (numerics.md §5)
         self.two_level = pv_accum in (PvAccum.FP32_FP32, PvAccum.FP32_FP16)
         self.promote_under_qk = config.early_promote and self.two_level
@@ -627,31 +636,20 @@ class SageAttnFwdSm90:
             )
             n_block_max = self.n_block_max(m_block, seqlen_k)
 
-            first = tile == sched.first_tile()
-            if const_expr(self.config.pdl):
-                # Note [PDL after the preprocessing]: Q first, then wait for K/V
-                if first:
-                    pipeline_q.producer_acquire(q_state)
-                    cute.copy(tma_atom_Q, tQgQ, tQsQ, tma_bar_ptr=pipeline_q.producer_get_barrier(q_state))
-                    cute.arch.griddepcontrol_wait()
-            pipeline_k.producer_acquire(kv_state)
-            cute.copy(tma_atom_K, tKgK[None, 0], tKsK[None, kv_state.index],
-                      tma_bar_ptr=pipeline_k.producer_get_barrier(kv_state))
-            if not (const_expr(self.config.pdl) and first):
-                pipeline_q.producer_acquire(q_state)
-                cute.copy(tma_atom_Q, tQgQ, tQsQ, tma_bar_ptr=pipeline_q.producer_get_barrier(q_state))
+            # Note [PDL after the preprocessing]: the first tile's Q, then wait for K/V
+            q_first = const_expr(self.config.pdl) and tile == sched.first_tile()
+            if q_first:
+                tma_load(pipeline_q, tma_atom_Q, tQgQ, tQsQ, q_state)
+                cute.arch.griddepcontrol_wait()
+            tma_load(pipeline_k, tma_atom_K, tKgK[None, 0], tKsK[None, kv_state.index], kv_state)
+            if not q_first:
+                tma_load(pipeline_q, tma_atom_Q, tQgQ, tQsQ, q_state)
             q_state.advance()
-            pipeline_v.producer_acquire(kv_state)
-            cute.copy(tma_atom_V, tVgV[None, 0], tVsV[None, kv_state.index],
-                      tma_bar_ptr=pipeline_v.producer_get_barrier(kv_state))
+            tma_load(pipeline_v, tma_atom_V, tVgV[None, 0], tVsV[None, kv_state.index], kv_state)
             kv_state.advance()
             for n in cutlass.range(1, n_block_max, unroll=1):
-                pipeline_k.producer_acquire(kv_state)
-                cute.copy(tma_atom_K, tKgK[None, n], tKsK[None, kv_state.index],
-                          tma_bar_ptr=pipeline_k.producer_get_barrier(kv_state))
-                pipeline_v.producer_acquire(kv_state)
-                cute.copy(tma_atom_V, tVgV[None, n], tVsV[None, kv_state.index],
-                          tma_bar_ptr=pipeline_v.producer_get_barrier(kv_state))
+                tma_load(pipeline_k, tma_atom_K, tKgK[None, n], tKsK[None, kv_state.index], kv_state)
+                tma_load(pipeline_v, tma_atom_V, tVgV[None, n], tVsV[None, kv_state.index], kv_state)
                 kv_state.advance()
             tile += sched.grid_stride()
         # Wait for the last releases before exiting. producer_tail advances the state
@@ -721,14 +719,12 @@ class SageAttnFwdSm90:
         acc_S = cute.make_rmem_tensor(acc_shape_S, Int32)
         v_scale = cute.make_rmem_tensor((cute.size(acc_O_mn, mode=[1]),), Float32)
         acc_S_f = cute.make_rmem_tensor(acc_shape_S, Float32)
-        acc_O_tmp = None
-        acc_O_tmp2 = None
+        acc_O_parts = ()
         if const_expr(self.pv_accum == PvAccum.FP32_FP32):
-            acc_O_tmp = cute.make_rmem_tensor(acc_shape_O, Float32)
+            acc_O_parts = (cute.make_rmem_tensor(acc_shape_O, Float32),)
         if const_expr(self.pv_accum == PvAccum.FP32_FP16):
-            # Note [fp32+fp16 on sm90]: one fp16 accumulator per 64-token half block
-            acc_O_tmp = cute.make_rmem_tensor(acc_shape_O, cutlass.Float16)
-            acc_O_tmp2 = cute.make_rmem_tensor(acc_shape_O, cutlass.Float16)
+            # Note [fp32+fp16 on sm90]: one fp16 accumulator per 64-key half block
+            acc_O_parts = tuple(cute.make_rmem_tensor(acc_shape_O, cutlass.Float16) for _ in range(2))
 
         q_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, 1)
         kv_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.num_stages)
@@ -759,7 +755,7 @@ class SageAttnFwdSm90:
             acc_O.fill(0.0)
 
             ctx = BlockCtx(
-                tSrQ=tSrQ, tSrK=tSrK, tOrP=tOrP, tOrVt=tOrVt, acc_O=acc_O, acc_O_tmp=acc_O_tmp, acc_O_tmp2=acc_O_tmp2,
+                tSrQ=tSrQ, tSrK=tSrK, tOrP=tOrP, tOrVt=tOrVt, acc_O=acc_O, acc_O_parts=acc_O_parts,
                 acc_S=acc_S, acc_S_f=acc_S_f, row_max=row_max, row_sum=row_sum,
                 row_scale=row_scale, row_scale_prev=row_scale_prev,
                 tScS_mn=tScS_mn, tOcO_mn=tOcO_mn, mKScale=mKScale[batch, head_kv, None],
@@ -969,16 +965,14 @@ class SageAttnFwdSm90:
                 acc_O_mn[r, None].store(acc_O_mn[r, None].load() * row_scale[r])
 
     @cute.jit
-    def promote_o(self, acc_O: cute.Tensor, acc_O_tmp: cute.Tensor, row_scale: cute.Tensor,
-                  acc_O_tmp2: Optional[cute.Tensor] = None):
+    def promote_o(self, acc_O: cute.Tensor, acc_O_parts: tuple, row_scale: cute.Tensor):
         """fp32+fp32 / fp32+fp16 (numerics.md §5): O = O * alpha + this block's fresh
-        FP8-MMA accumulation (fp32; or two fp16 halves, Note [fp32+fp16 on sm90])."""
+        FP8-MMA accumulations (one fp32; or two fp16 halves, Note [fp32+fp16 on sm90])."""
         acc_O_mn = wgmma.acc_mn_view(acc_O)
-        tmp_mn = wgmma.acc_mn_view(acc_O_tmp)
         for r in cutlass.range_constexpr(cute.size(row_scale)):
-            o = acc_O_mn[r, None].load() * row_scale[r] + tmp_mn[r, None].load().to(Float32)
-            if const_expr(acc_O_tmp2 is not None):
-                o = o + wgmma.acc_mn_view(acc_O_tmp2)[r, None].load().to(Float32)
+            o = acc_O_mn[r, None].load() * row_scale[r]
+            for part in acc_O_parts:
+                o = o + wgmma.acc_mn_view(part)[r, None].load().to(Float32)
             acc_O_mn[r, None].store(o)
 
     @cute.jit
@@ -986,18 +980,15 @@ class SageAttnFwdSm90:
         if const_expr(self.pv_accum == PvAccum.FP32):
             wgmma.gemm(tiled_mma_pv, ctx.acc_O, ctx.tOrP, ctx.tOrVt[None, None, None, stage],
                        zero_init=False, wg_wait=wg_wait)
-        elif const_expr(self.pv_accum == PvAccum.FP32_FP16):
-            wgmma.gemm_split_k(tiled_mma_pv, [ctx.acc_O_tmp, ctx.acc_O_tmp2], ctx.tOrP,
-                               ctx.tOrVt[None, None, None, stage], wg_wait=wg_wait)
         else:
-            wgmma.gemm(tiled_mma_pv, ctx.acc_O_tmp, ctx.tOrP, ctx.tOrVt[None, None, None, stage],
-                       zero_init=True, wg_wait=wg_wait)
+            wgmma.gemm_split_k(tiled_mma_pv, list(ctx.acc_O_parts), ctx.tOrP, ctx.tOrVt[None, None, None, stage],
+                               wg_wait=wg_wait)
 
     @cute.jit
     def finish_pv(self, ctx: "BlockCtx", row_scale: cute.Tensor):
         """After the PV WGMMA of a block retired: fold it into O (fp32+fp32)."""
         if const_expr(self.two_level):
-            self.promote_o(ctx.acc_O, ctx.acc_O_tmp, row_scale, ctx.acc_O_tmp2)
+            self.promote_o(ctx.acc_O, ctx.acc_O_parts, row_scale)
 
     @cute.jit
     def mma_one_block(
@@ -1063,9 +1054,8 @@ class SageAttnFwdSm90:
             self.rescale_o(ctx.acc_O, ctx.row_scale)
         if const_expr(self.promote_under_qk):
             # nothing pending yet: the first promotion computes O = O * 1 + 0 (O = 0)
-            ctx.acc_O_tmp.fill(0.0)
-            if const_expr(ctx.acc_O_tmp2 is not None):
-                ctx.acc_O_tmp2.fill(0.0)
+            for part in ctx.acc_O_parts:
+                part.fill(0.0)
             ctx.row_scale_prev.fill(1.0)
         else:
             ctx.row_scale_prev.store(ctx.row_scale.load())
@@ -1151,7 +1141,7 @@ class SageAttnFwdSm90:
         wgmma.gemm(tiled_mma_qk, ctx.acc_S, ctx.tSrQ, ctx.tSrK[None, None, None, k_state.index],
                    zero_init=True, wg_wait=-1)
         if const_expr(self.promote_under_qk):
-            # fold PV(n-2) into O under QK(n), before PV(n-1) overwrites acc_O_tmp
+            # fold PV(n-2) into O under QK(n), before PV(n-1) overwrites acc_O_parts
             self.finish_pv(ctx, ctx.row_scale_prev)
             ctx.row_scale_prev.store(ctx.row_scale.load())
         pipeline_v.consumer_wait(v_state)
