@@ -2,7 +2,8 @@
 
 ``quantize_inputs`` is the one entry the API calls. It uses the CuTe DSL
 kernels of ``preprocess/kernels.py`` when they are importable and the inputs
-are on a GPU (Q, K and V in one launch where supported), else the torch quantizers of ``sagecute.reference`` (bit-exact
+are on a GPU (K and V, and Q unless the attention kernel quantizes it, in one
+launch where supported), else the torch quantizers of ``sagecute.reference`` (bit-exact
 with them by contract, docs/kernel-contract.md).
 """
 
@@ -65,13 +66,17 @@ def quantize_inputs(
     scale_max = FP8_SCALE_MAX_FP16_ACCUM if pv_accum is PvAccum.FP32_FP16 else FP8_E4M3_MAX
     cute = _cute_quantizers() if (use_cute is not False and qh.is_cuda) else None
     if cute is not None:
+        # with fuse_q the attention kernel takes Q as is, TMA-ready: any copy that needs
+        # is made first, so the K/V preprocessing stays the kernel right before the
+        # attention (Note [PDL after the preprocessing] in kernels/sm90/attn_fwd.py)
+        q_in = cute.tma_ready(qh) if fuse_q else None
         # one launch where it can (``kernels/common/quant_qkv.py``), else the standalone
-        # kernels; with fuse_q either path leaves Q out and the attention kernel takes it
+        # kernels; with fuse_q either path leaves Q out
         q8, qs, k8, ks, km, v8, vs = cute.quantize_qkv_cute(
             qh, kh, vh, granularity, smooth_k, scale_max, scratch=scratch, with_q=not fuse_q
         )
         if fuse_q:
-            q8 = cute.tma_ready(qh)
+            q8 = q_in
     else:
         km = reference.k_mean(kh) if smooth_k else None
         q8, qs = reference.quantize_qk_int8(qh, granularity, SM90_GEOMETRY, is_k=False)
