@@ -8,7 +8,6 @@ asks ``dispatch`` which implementation runs, and wraps the call in a
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ import torch.nn.functional as F
 from . import dispatch, reference
 from .plan_cache import cached_plan
 from .preprocess import QuantizedInputs, quantize_inputs
-from .quant_layout import PvAccum, QuantGranularity
+from .quant_layout import FUSED_Q_GRANULARITIES, PvAccum, QuantGranularity
 
 __all__ = ["sageattn", "sageattn_varlen", "prepare_inputs", "attention_prepared", "PreparedCall"]
 
@@ -162,7 +161,7 @@ def _sm90_config_after_preprocess(head_dim: int):
     preprocessing (Note [PDL after the preprocessing] in kernels/sm90/attn_fwd.py)."""
     from sagecute.kernels.sm90.attn_fwd import AttnFwdConfigSm90
 
-    return dataclasses.replace(AttnFwdConfigSm90.default(head_dim), pdl=True)
+    return AttnFwdConfigSm90.after_preprocess(head_dim)
 
 
 def _run_sm90_prepared(prep: "PreparedCall", out_hnd: torch.Tensor | None = None, after_preprocess: bool = False):
@@ -380,9 +379,10 @@ def _plan(q, k, v, tensor_layout, is_causal, sm_scale, kwargs) -> _CallPlan:
             tensor_layout, is_causal, is_causal.__class__, sm_scale, sm_scale.__class__,
             tuple((name, x, x.__class__) for name, x in kwargs.items()) if kwargs else (),
         )  # fmt: skip
-        return cached_plan(_PLANS, key, build)
-    except Exception:  # noqa: BLE001 - not tensors, unhashable options, bad input: the checks say what is wrong
+        hash(key)
+    except Exception:  # noqa: BLE001 - not tensors, unhashable options: the checks say what is wrong
         return build()
+    return cached_plan(_PLANS, key, build)
 
 
 def sageattn_varlen(
@@ -465,7 +465,7 @@ def _prepare(
     if dp != head_dim:
         qh, kh, vh = (reference._pad_last(t, dp) for t in (qh, kh, vh))
     # the sm90 kernel quantizes Q itself at these granularities (the ones dispatch offers)
-    fuse_q = gran in (QuantGranularity.PER_THREAD, QuantGranularity.PER_WARP)
+    fuse_q = gran in FUSED_Q_GRANULARITIES
     qi = quantize_inputs(
         qh, kh, vh, granularity=gran, pv_accum=pv_accum, smooth_k=smooth_k, scratch=scratch, fuse_q=fuse_q
     )
@@ -473,7 +473,8 @@ def _prepare(
 
 
 def prepare_inputs(q, k, v, tensor_layout="HND", is_causal=False, sm_scale=None, **kwargs) -> PreparedCall:
-    """Quantize once (for timing the attention kernel alone)."""
+    """Quantize K and V once (for timing the attention kernel alone; Q stays bf16/fp16
+    and is quantized inside the kernel, Note [Fused Q quantization])."""
     shapes = _validate(q, k, v, tensor_layout)
     opts = _check_options(kwargs)
     return _prepare(
@@ -483,5 +484,6 @@ def prepare_inputs(q, k, v, tensor_layout="HND", is_causal=False, sm_scale=None,
 
 
 def attention_prepared(prep: PreparedCall) -> torch.Tensor:
-    """Run the sm90 attention kernel on pre-quantized inputs; HND output (head-padded)."""
+    """Run the sm90 attention kernel on ``prepare_inputs``' quantized K/V (Q quantized
+    in the kernel); HND output (head-padded)."""
     return _run_sm90_prepared(prep)[0]

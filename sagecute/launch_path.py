@@ -58,9 +58,7 @@ class LaunchPath:
         return bool(self._use)
 
     def launch(self, ffi_launch: Callable[[], None], pointer_launch: Callable[[], None]) -> None:
-        if self._use is None:
-            self.current()
-        if self._use:
+        if self.use_ffi():
             try:
                 ffi_launch()
                 return

@@ -46,6 +46,8 @@ FP8_E4M3_MAX = 448.0
 # scale_max for V when PV partial sums are kept in fp16 (fp32+fp16 mode):
 # 64 tokens * 448 * 2.25 < 65504.
 FP8_SCALE_MAX_FP16_ACCUM = 2.25
+# fp32+fp16: keys per fp16 partial sum, the 64 of the bound above
+FP16_ACC_KEYS = 64
 # S_FP8_OFFSET = log2(448): the running max is kept this much below the true
 # max so a row's largest P is 448, the e4m3 maximum.
 P_FP8_OFFSET_LOG2 = 8.807
@@ -64,6 +66,11 @@ class PvAccum(enum.Enum):
     FP32 = "fp32"  # one FP8-MMA accumulation chain over all KV blocks
     FP32_FP32 = "fp32+fp32"  # fresh FP8-MMA chain per KV block, promoted with an fp32 add
     FP32_FP16 = "fp32+fp16"  # fp16 partial sums per 64 keys (V at +-2.25), promoted to fp32
+
+
+# Q granularities the sm90 kernel quantizes itself (Note [Fused Q quantization] in
+# kernels/sm90/attn_fwd.py): their scale groups lie inside one thread's / warp's rows
+FUSED_Q_GRANULARITIES = (QuantGranularity.PER_THREAD, QuantGranularity.PER_WARP)
 
 
 def cdiv(a: int, b: int) -> int:

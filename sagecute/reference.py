@@ -18,6 +18,7 @@ import torch
 
 from .quant_layout import (
     FP8_E4M3_MAX,
+    FP16_ACC_KEYS,
     FP8_SCALE_MAX_FP16_ACCUM,
     INT8_AMAX_FLOOR,
     INT8_MAX,
@@ -313,9 +314,6 @@ def lse_smoothing_correction(qh: torch.Tensor, km: torch.Tensor, sm_scale: float
     return sm_scale * torch.matmul(qh.float(), kmx.transpose(-1, -2))[..., 0]
 
 
-FP16_ACC_KEYS = 64  # fp32+fp16: keys per fp16 partial sum (Note [fp32+fp16 on sm90])
-
-
 def _emulate_int8_fp8(
     qh, kh, vh, *, is_causal, sm_scale, gran, pv_accum, smooth_k, smooth_v, smooth_q, geom, lq, lk
 ):
@@ -367,8 +365,8 @@ def _emulate_int8_fp8(
         p8 = e4m3_round(p)
         v_blk = v8f[:, :, j0:j1]
         if pv_accum is PvAccum.FP32_FP16:
-            # one fp16 accumulator per 64 keys, rounded after every 32-key MMA step;
-            # O = O * alpha + h0 + h1 (64 * 448 * 2.25 < 65504: no fp16 overflow)
+            # one fp16 accumulator per FP16_ACC_KEYS keys, rounded after every 32-key MMA
+            # step; O = O * alpha + h0 + h1 (Note [fp32+fp16 on sm90])
             o = o * alpha.unsqueeze(-1)
             for h0 in range(0, j1 - j0, FP16_ACC_KEYS):
                 part = torch.zeros(b, hq, lq, d, device=qh.device, dtype=torch.float16)

@@ -22,7 +22,8 @@ seqlen, strides and ``scale_max`` are runtime arguments: a new sequence length
 never recompiles.
 
 ``quantize_qkv_cute(q, k, v, gran, smooth_k, scale_max)`` does all three in one
-launch (``kernels/common/quant_qkv.py``) on the TVM-FFI path; the API uses it.
+launch (``kernels/common/quant_qkv.py``) on the TVM-FFI path; the API uses it with
+``with_q=False`` (K and V only) where the attention kernel quantizes Q itself.
 Standalone, K smoothing is two launches (``k_mean_cute`` reads K once, the
 quantizer reads it again); Q is one launch, V is one launch reading V twice.
 """
@@ -32,6 +33,7 @@ from __future__ import annotations
 import functools
 import os
 import time
+from typing import Optional
 from dataclasses import dataclass, field
 
 import torch
@@ -232,8 +234,9 @@ def preprocess_variants(
             yield f"quant_v_fp8-{name}-d{d}", _compile_v_fp8, (dtype, d, geom)
             if ffi:
                 for gran in grans:
-                    # the API's: K and V (the attention kernel quantizes Q), 8 and 16 splits,
-                    # the long-sequence one with a stashed block (Note [Stashed blocks])
+                    # the API's: K and V (the attention kernel quantizes Q), 8 splits and 16
+                    # with a stashed block (Note [Stashed blocks]); the other (splits,
+                    # stash) pairs of splits_for / stash_for compile on first use
                     yield (f"quant_kv-{name}-d{d}-{gran.value}-ffi", _compile_qkv_ffi,
                            (dtype, d, gran, True, geom, 8, False, 0))  # fmt: skip
                     yield (f"quant_kv16s1-{name}-d{d}-{gran.value}-ffi", _compile_qkv_ffi,
@@ -345,10 +348,15 @@ def _check_input(x: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name}: head_dim {x.shape[-1]} not supported (16, 32, 64 or 128)")
 
 
+def _strides_aligned(x: torch.Tensor) -> bool:
+    """Unit last stride, every other stride a multiple of 8 elements (16 bytes)."""
+    return x.stride(-1) == 1 and all(st % _ALIGN_ELEMS == 0 for st in x.stride()[:-1])
+
+
 def _aligned(x: torch.Tensor) -> torch.Tensor:
     """``x`` itself if its base is 16-byte aligned and every stride but the
     last (1) is a multiple of 8 elements, else a contiguous copy."""
-    if x.stride(-1) == 1 and x.data_ptr() % 16 == 0 and all(st % _ALIGN_ELEMS == 0 for st in x.stride()[:-1]):
+    if x.data_ptr() % 16 == 0 and _strides_aligned(x):
         return x
     return torch.empty(x.shape, dtype=x.dtype, device=x.device).copy_(x)
 
@@ -489,12 +497,13 @@ def fused_qkv_supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geom:
 @dataclass
 class _QkvPlan:
     """What one argument signature of ``quantize_qkv_cute`` needs (Note [Preprocess
-    host cost]): the compiled kernel, or None for the standalone kernels, and the
-    output shapes."""
+    host cost]): the one-launch kernel's compile arguments, or None for the standalone
+    kernels (compiled on first use on the TVM-FFI path), and the output shapes."""
 
-    compiled: object
+    compile_args: Optional[tuple]
     shapes: tuple  # (shape, dtype) of q8, qs (None without q), k8, ks, k_mean (None without smooth_k), v8, vs
     aligned_strides: bool
+    compiled: object = None
 
 
 _QKV_PLANS: dict = {}
@@ -522,15 +531,12 @@ def _qkv_plan(q, k, v, gran, smooth_k: bool, geom: QuantGeometry, with_q: bool) 
         ((b, hkv, d, geom.padded_kv_len(lk)), torch.float8_e4m3fn),
         ((b, hkv, d), torch.float32),
     )
-    compiled = None
+    compile_args = None
     if fused_qkv_supported(q, k, v, geom):
         splits = splits_for(lk, geom.blk_k)
-        compiled = _compile_qkv_ffi(_TORCH_TO_CUTE[q.dtype], d, gran, bool(smooth_k), geom, splits, with_q,
-                                    stash_for(lk, splits, geom.blk_k), None)  # fmt: skip
-    aligned = all(
-        t.stride(-1) == 1 and all(st % _ALIGN_ELEMS == 0 for st in t.stride()[:-1]) for t in (q, k, v)
-    )
-    return _QkvPlan(compiled, shapes, aligned)
+        compile_args = (_TORCH_TO_CUTE[q.dtype], d, gran, bool(smooth_k), geom, splits, with_q,
+                        stash_for(lk, splits, geom.blk_k), None)  # fmt: skip
+    return _QkvPlan(compile_args, shapes, all(_strides_aligned(t) for t in (q, k, v)))
 
 
 def _qkv_outputs(plan: _QkvPlan, key, device, scratch: bool):
@@ -587,8 +593,10 @@ def quantize_qkv_cute(
         v8, vs = quantize_v_fp8_cute(v, scale_max, geom)
         return q8, qs, k8, ks, km, v8, vs
 
-    if plan.compiled is None or not _PATH.use_ffi():
+    if plan.compile_args is None or not _PATH.use_ffi():
         return standalone()
+    if plan.compiled is None:  # the pointer path never needs it
+        plan.compiled = _compile_qkv_ffi(*plan.compile_args)
     if plan.aligned_strides and not (q.data_ptr() % 16 or k.data_ptr() % 16 or v.data_ptr() % 16):
         qa, ka, va = q, k, v
     else:

@@ -1,5 +1,6 @@
-"""Scalar PTX helpers shared by the quantizers: IEEE division, RNE rounding,
-e4m3 packing, global vector load/store views.
+"""Scalar PTX helpers shared by the quantizers (IEEE division, RNE rounding, e4m3
+packing, global vector load/store views, DSMEM loads) and the sm90 kernel's Q
+quantization (``recompute_here``).
 
 Note [Bit-exact quantizer arithmetic]
 -------------------------------------
@@ -18,8 +19,9 @@ Careful with torch oracles: ``127.0 / t`` in torch is ``t.reciprocal() * 127``
 and, on CUDA, ``t / 127.0`` is ``t * fl(1/127)``; neither is the IEEE quotient
 (tests/test_preprocess_gpu.py, Note [IEEE oracles]).
 
-The snippets are pure value computations (``has_side_effects=False``) so LLVM
-may CSE and schedule them freely. Everything here is a plain Python function
+The arithmetic snippets are pure value computations (``has_side_effects=False``) so
+LLVM may CSE and schedule them freely; ``ld_shared_cluster_f32`` and
+``recompute_here`` are marked side-effecting on purpose (each says why). Everything here is a plain Python function
 called while a kernel is traced (inlined; nothing is a separate ``@cute.jit``).
 """
 

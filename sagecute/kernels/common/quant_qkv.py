@@ -15,7 +15,8 @@ same branch, so no cluster barrier waits on a CTA that left.
 K (Note [Split K mean]): pass 1 loads the split's blocks (``QuantizeInt8.load_rows``)
 and sums their columns; pass 2 quantizes them in reverse order, so the block loaded
 last is still in registers and earlier ones are re-read, most recently read first
-(L2). K is read once when ``Lk <= C * 128`` and at most twice beyond.
+(L2); one more block per split can wait in smem (Note [Stashed blocks]). K is read
+once when ``Lk <= (stash + 1) * C * 128`` and at most twice beyond.
 
 V: pass 1 takes per-channel amax over the split's blocks
 (``QuantizeVFp8.load_group``), the splits' maxima meet through distributed shared
@@ -61,13 +62,10 @@ from cutlass import Float32, Int32, Int64, const_expr
 from cutlass.cutlass_dsl import Numeric
 
 from ...quant_layout import QuantGeometry, QuantGranularity
-from .quant_fp8 import GROUP, QuantizeVFp8, channel_inv
+from .quant_fp8 import GROUP, NUM_THREADS, NUM_WARPS, VEC, QuantizeVFp8, channel_inv
 from .quant_int8 import QuantizeInt8
 from .quant_math import div_rn, gmem_vec, ld_shared_cluster_f32, warp_max_bfly, warp_sum_bfly
 
-VEC = 8
-NUM_THREADS = 128
-NUM_WARPS = NUM_THREADS // 32
 SPLIT_CHOICES = (8, 16)  # K/V splits per (batch, head) = cluster size; 16 is non-portable
 
 
@@ -82,7 +80,8 @@ def splits_for(seqlen_k: int, blk: int = 128) -> int:
 
 def stash_for(seqlen_k: int, splits: int, blk: int = 128) -> int:
     """Note [Stashed blocks]: smem slots for a split's blocks besides the last one."""
-    blocks_per_split = -(-(-(-seqlen_k // blk)) // splits)
+    n_blocks = -(-seqlen_k // blk)
+    blocks_per_split = -(-n_blocks // splits)
     return max(c for c in STASH_CHOICES if c <= max(blocks_per_split - 1, 0))
 
 
@@ -163,7 +162,8 @@ class QuantizeQKV:
     def smem_bytes(self) -> int:
         d = self.head_dim
         stash = self.stash * NUM_THREADS * self.stash_rows * VEC * self.dtype.width // 8
-        return 3 * self.blk * 4 + d * NUM_WARPS * 4 + 2 * d * 4 + d * 2 + 5 * 16 + stash + 16
+        mean = d * self.dtype.width // 8
+        return 3 * self.blk * 4 + d * NUM_WARPS * 4 + 2 * d * 4 + mean + 5 * 16 + stash + 16
 
     # ============================================================ device
     @cute.kernel

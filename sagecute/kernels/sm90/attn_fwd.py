@@ -36,6 +36,7 @@ tests/test_api_gpu.py (56 tests, with its new cases) passed on an H100.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import math
 from dataclasses import dataclass
@@ -56,6 +57,7 @@ from sagecute.kernels.common import wgmma
 from sagecute.kernels.common.tile_scheduler import StaticTileScheduler
 from sagecute.kernels.common.quant_math import div_rn, quantize_int8, recompute_here, warp_max_bfly
 from sagecute.quant_layout import (
+    FUSED_Q_GRANULARITIES,
     INT8_AMAX_FLOOR,
     INT8_MAX,
     P_FP8_OFFSET_LOG2,
@@ -82,7 +84,6 @@ MAGIC_I2F_BIAS = 12582912.0
 # The int8 rows go to smem with generic stores, so a proxy fence and a warpgroup barrier
 # come before the first QK WGMMA reads them. per_block groups span both warpgroups: not
 # fused. Saves the preprocessing's Q pass (read bf16, write int8 and scales).
-FUSED_Q_GRANULARITIES = (QuantGranularity.PER_THREAD, QuantGranularity.PER_WARP)
 
 
 # Note [TMA O store]
@@ -122,7 +123,8 @@ FUSED_Q_GRANULARITIES = (QuantGranularity.PER_THREAD, QuantGranularity.PER_WARP)
 # (the preprocessing finished and its writes are visible) before any K/V load; the
 # consumers wait too before reading K/V scales. Q itself must not come from the kernel
 # right before (it is read before the wait): true in the API, where that kernel is the
-# K/V preprocessing and Q was written before it started. Off for direct calls.
+# K/V preprocessing and Q was written before it started (``preprocess.quantize_inputs``
+# makes any TMA-ready copy of Q before launching it). Off for direct calls.
 # (At L=1k the preprocessing is ~1/4 of a call.)
 
 
@@ -236,6 +238,12 @@ class AttnFwdConfigSm90:
             # perf/tile_overhead.py --only-8k); at d128 8 was within noise of 4 (877/836 vs 862)
             return AttnFwdConfigSm90(mainloop_unroll=2, reduce_partials=8)
         return AttnFwdConfigSm90()
+
+    @staticmethod
+    def after_preprocess(head_dim: int) -> "AttnFwdConfigSm90":
+        """The API's: the default, launched as a programmatic dependent of the K/V
+        preprocessing (Note [PDL after the preprocessing])."""
+        return dataclasses.replace(AttnFwdConfigSm90.default(head_dim), pdl=True)
 
     @staticmethod
     def all_configs() -> list["AttnFwdConfigSm90"]:

@@ -417,14 +417,14 @@ def all_variants(quick: bool = False):
                 # the API's path: Q quantized in the kernel (Note [Fused Q quantization]),
                 # launched after the preprocessing (Note [PDL after the preprocessing])
                 yield (cutlass.BFloat16, head_dim, is_causal, gran, PvAccum.FP32_FP32, True,
-                       dataclasses.replace(AttnFwdConfigSm90.default(head_dim), pdl=True), cutlass.BFloat16)
-                if not quick:  # pre-quantized Q (prepare_inputs with per_block, tests)
+                       AttnFwdConfigSm90.after_preprocess(head_dim), cutlass.BFloat16)
+                if not quick:  # pre-quantized Q: direct attn_fwd_sm90 callers (tests, bench, smoke)
                     yield (cutlass.BFloat16, head_dim, is_causal, gran, PvAccum.FP32_FP32, True,
                            AttnFwdConfigSm90.default(head_dim))
     if not quick:  # the other PV accumulations (Note [fp32+fp16 on sm90])
         for pv in (PvAccum.FP32_FP16, PvAccum.FP32):
             yield (cutlass.BFloat16, 128, False, QuantGranularity.PER_THREAD, pv, True,
-                   dataclasses.replace(AttnFwdConfigSm90.default(128), pdl=True), cutlass.BFloat16)
+                   AttnFwdConfigSm90.after_preprocess(128), cutlass.BFloat16)
 
 
 def _summary(sass: dict, kernel: SageAttnFwdSm90) -> dict:
