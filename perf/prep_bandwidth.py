@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from sagecute.preprocess import kernels as kern  # noqa: E402
-from timing import graph_ms, loop_ms  # noqa: E402
+from sagecute.perf.timing import graph_ms, loop_ms  # noqa: E402
 from sagecute.quant_layout import QuantGranularity  # noqa: E402
 
 

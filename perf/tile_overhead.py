@@ -21,31 +21,14 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from sagecute import reference as ref  # noqa: E402
-from sagecute.kernels.sm90.bench import CONFIG_VARIANTS, _variant  # noqa: E402
-from sagecute.kernels.sm90.launch import attn_fwd_sm90  # noqa: E402
-from sagecute.quant_layout import SM90_GEOMETRY, QuantGranularity  # noqa: E402
-from timing import loop_ms  # noqa: E402
-
-CONFIG_VARIANTS.setdefault("no_l2_sections", (dict(l2_sections=False), None))
-CONFIG_VARIANTS.setdefault("stages3", (dict(num_stages=3), None))
-CONFIG_VARIANTS.setdefault("no_tma_o_store", (dict(tma_o_store=False), None))
+from sagecute.kernels.sm90.bench import _variant, make_runner as _make_runner  # noqa: E402
+from sagecute.perf.timing import loop_ms  # noqa: E402
+from sagecute.quant_layout import QuantGranularity  # noqa: E402
 
 
 def make_runner(b, h, lq, lk, d, causal, config, pv):
-    gran = QuantGranularity.PER_THREAD
-    q = torch.randn(b, h, lq, d, device="cuda", dtype=torch.bfloat16)
-    k = torch.randn(b, h, lk, d, device="cuda", dtype=torch.bfloat16)
-    v = torch.randn(b, h, lk, d, device="cuda", dtype=torch.bfloat16)
-    k8, ks = ref.quantize_qk_int8(k, gran, SM90_GEOMETRY, is_k=True, mean=ref.k_mean(k))
-    v8, vs = ref.quantize_v_fp8(v, SM90_GEOMETRY)
-    o = torch.empty_like(q)
-
-    def run():
-        attn_fwd_sm90(q, None, k8, ks, v8, vs, o, None, sm_scale=d**-0.5, is_causal=causal,
-                      granularity=gran, pv_accum=pv, config=config)
-
-    return run
+    """The API's kernel path: bf16 Q quantized in the kernel, per_thread scales."""
+    return _make_runner(b, h, lq, lk, d, causal, QuantGranularity.PER_THREAD, pv, config, fused_q=True)
 
 
 def main():

@@ -7,57 +7,53 @@ reports TOPS = 4 * B * H * Lq * Lk * D (/2 causal) / time.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 
-def bench_one(b, h, l, d, causal, gran, pv, iters=20, config=None):
+def make_runner(b, h, lq, lk, d, causal, gran, pv, config=None, fused_q=False):
+    """A zero-argument call of the sm90 kernel on fresh random inputs, K/V quantized
+    once (V at the scale_max ``pv`` needs); ``fused_q``: bf16 Q quantized in the kernel
+    (the API's path), else int8 Q from the reference quantizer."""
     import torch
 
     from sagecute import reference as ref
     from sagecute.kernels.sm90.launch import attn_fwd_sm90
-    from sagecute.quant_layout import SM90_GEOMETRY
+    from sagecute.quant_layout import FP8_E4M3_MAX, FP8_SCALE_MAX_FP16_ACCUM, SM90_GEOMETRY, PvAccum
 
-    dev = "cuda"
-    q = torch.randn(b, h, l, d, device=dev, dtype=torch.bfloat16)
-    k = torch.randn(b, h, l, d, device=dev, dtype=torch.bfloat16)
-    v = torch.randn(b, h, l, d, device=dev, dtype=torch.bfloat16)
-    km = ref.k_mean(k)
-    q8, qs = ref.quantize_qk_int8(q, gran, SM90_GEOMETRY, is_k=False)
-    k8, ks = ref.quantize_qk_int8(k, gran, SM90_GEOMETRY, is_k=True, mean=km)
-    v8, vs = ref.quantize_v_fp8(v, SM90_GEOMETRY)
+    q, k, v = (torch.randn(b, h, n, d, device="cuda", dtype=torch.bfloat16) for n in (lq, lk, lk))
+    k8, ks = ref.quantize_qk_int8(k, gran, SM90_GEOMETRY, is_k=True, mean=ref.k_mean(k))
+    v_max = FP8_SCALE_MAX_FP16_ACCUM if pv is PvAccum.FP32_FP16 else FP8_E4M3_MAX
+    v8, vs = ref.quantize_v_fp8(v, SM90_GEOMETRY, scale_max=v_max)
+    q8, qs = (q, None) if fused_q else ref.quantize_qk_int8(q, gran, SM90_GEOMETRY, is_k=False)
     o = torch.empty_like(q)
 
     def run():
         attn_fwd_sm90(q8, qs, k8, ks, v8, vs, o, None, sm_scale=d**-0.5, is_causal=causal,
                       granularity=gran, pv_accum=pv, config=config)
 
-    run()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(iters):
-        run()
-    end.record()
-    torch.cuda.synchronize()
-    ms = start.elapsed_time(end) / iters
-    flops = 4 * b * h * l * l * d / (2 if causal else 1)
-    return ms, flops / ms / 1e9
+    return run
+
+
+def tops(b, h, lq, lk, d, causal, ms) -> float:
+    return 4 * b * h * lq * lk * d / (2 if causal else 1) / ms / 1e9
+
+
+def bench_one(b, h, l, d, causal, gran, pv, iters=20, config=None):
+    from sagecute.perf.timing import loop_ms
+
+    ms = loop_ms(make_runner(b, h, l, l, d, causal, gran, pv, config), iters, rounds=1)
+    return ms, tops(b, h, l, l, d, causal, ms)
 
 
 def bench_fa4(b, h, l, d, causal, iters=20):
     import torch
     from flash_attn.cute import flash_attn_func
 
+    from sagecute.perf.timing import loop_ms
+
     q, k, v = (torch.randn(b, l, h, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
-    flash_attn_func(q, k, v, causal=causal)
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(iters):
-        flash_attn_func(q, k, v, causal=causal)
-    end.record()
-    torch.cuda.synchronize()
-    ms = start.elapsed_time(end) / iters
-    return ms, 4 * b * h * l * l * d / (2 if causal else 1) / ms / 1e9
+    ms = loop_ms(lambda: flash_attn_func(q, k, v, causal=causal), iters, rounds=1)
+    return ms, tops(b, h, l, l, d, causal, ms)
 
 
 CONFIG_VARIANTS = {
@@ -65,6 +61,8 @@ CONFIG_VARIANTS = {
     "default": ({}, None),
     "pv32": ({}, "fp32"),  # the fp32 PV accumulation user mode (frees acc_O_tmp's 64 registers)
     "pv16": ({}, "fp32+fp16"),  # Note [fp32+fp16 on sm90]
+    "no_l2_sections": (dict(l2_sections=False), None),
+    "no_tma_o_store": (dict(tma_o_store=False), None),
     "no_overlap": (dict(intra_wg_overlap=False), None),
     "stages3": (dict(num_stages=3), None),
     "no_pingpong": (dict(wg_pingpong=False), None),
@@ -78,7 +76,7 @@ CONFIG_VARIANTS = {
     "magic": (dict(magic_i2f=True), None),
     "no_tree": (dict(tree_reduce=False), None),
     "baseline": (dict(wg_pingpong=False, fused_scale_exp=False, magic_i2f=False, tree_reduce=False,
-                      early_q_release=False, vec_o_store=False), None),
+                      early_q_release=False, vec_o_store=False, tma_o_store=False), None),
     "no_early_q": (dict(early_q_release=False), None),
     # the default before int_row_max and reduce_partials 4
     "old": (dict(int_row_max=False, reduce_partials=8), None),
@@ -97,7 +95,7 @@ def _variant(name, d):
 
     kw, pv = CONFIG_VARIANTS[name]
     base = AttnFwdConfigSm90.default(d)
-    cfg = AttnFwdConfigSm90(**{**{f: getattr(base, f) for f in base.__dataclass_fields__}, **kw})
+    cfg = dataclasses.replace(base, **kw)
     return cfg, (PvAccum(pv) if pv else PvAccum.FP32_FP32)
 
 
