@@ -315,9 +315,14 @@ def lse_smoothing_correction(qh: torch.Tensor, km: torch.Tensor, sm_scale: float
 
 
 def _emulate_int8_fp8(
-    qh, kh, vh, *, is_causal, sm_scale, gran, pv_accum, smooth_k, smooth_v, smooth_q, geom, lq, lk
+    qh, kh, vh, *, is_causal, sm_scale, gran, pv_accum, smooth_k, smooth_v, smooth_q, geom, lq, lk, rowsum_p8=False
 ):
-    """Sage2 INT8-QK / FP8-PV emulation on head-padded HND inputs (numerics.md §8)."""
+    """Sage2 INT8-QK / FP8-PV emulation on head-padded HND inputs (numerics.md §8).
+
+    ``rowsum_p8``: the softmax denominator is the sum of the e4m3-rounded P, accumulated
+    by the PV MMA as one more V channel of 1.0 (sagecute's sm90 kernel, Note [Row sum on
+    the tensor core] in kernels/sm90/attn_fwd.py); otherwise the unrounded fp32 P
+    (SageAttention2, numerics.md §5)."""
     b, hq, _, d = qh.shape
     hkv = kh.shape[1]
     c = sm_scale * LOG2E
@@ -338,6 +343,8 @@ def _emulate_int8_fp8(
     scale_max = FP8_SCALE_MAX_FP16_ACCUM if pv_accum is PvAccum.FP32_FP16 else FP8_E4M3_MAX
     v8, vs = quantize_v_fp8(vh, geom, scale_max=scale_max, mean=vm)
     v8 = unpermute_v_fp8(v8, lk)  # fp32 payload [B,Hkv,Lk,D]
+    if rowsum_p8:
+        v8 = torch.cat([v8, torch.ones_like(v8[..., :1])], dim=-1)  # channel d: 1.0
 
     qidx = _group_index(max(lq, 1), gran, geom, False, qh.device)[:lq]
     kidx = _group_index(geom.padded_kv_len(max(lk, 1)), gran, geom, True, qh.device)[:lk]
@@ -349,7 +356,7 @@ def _emulate_int8_fp8(
 
     m = torch.full((b, hq, lq), float("-inf"), device=qh.device)
     dsum = torch.zeros(b, hq, lq, device=qh.device)
-    o = torch.zeros(b, hq, lq, d, device=qh.device)
+    o = torch.zeros(b, hq, lq, v8.shape[-1], device=qh.device)
     rows = torch.arange(lq, device=qh.device).unsqueeze(1)
     for j0 in range(0, lk, geom.blk_k):
         j1 = min(j0 + geom.blk_k, lk)
@@ -369,13 +376,15 @@ def _emulate_int8_fp8(
             # step; O = O * alpha + h0 + h1 (Note [fp32+fp16 on sm90])
             o = o * alpha.unsqueeze(-1)
             for h0 in range(0, j1 - j0, FP16_ACC_KEYS):
-                part = torch.zeros(b, hq, lq, d, device=qh.device, dtype=torch.float16)
+                part = torch.zeros_like(o, dtype=torch.float16)
                 for s0 in range(h0, min(h0 + FP16_ACC_KEYS, j1 - j0), 32):
                     s1 = min(s0 + 32, j1 - j0)
                     part = (part.float() + torch.matmul(p8[..., s0:s1], v_blk[:, :, s0:s1])).half()
                 o = o + part.float()
         else:
             o = o * alpha.unsqueeze(-1) + torch.matmul(p8, v_blk)
+    if rowsum_p8:
+        o, dsum = o[..., :d], o[..., d]
     o = o / dsum.unsqueeze(-1) * _expand_kv(vs.unsqueeze(2), hq)
     if vm is not None:
         o = o + _expand_kv(vm.unsqueeze(2), hq)
@@ -454,14 +463,18 @@ def sageattn_reference(
     smooth_v: bool = False,
     smooth_q: bool = False,
     arch: str = "sm90",
+    rowsum_p8: bool | None = None,
     **_ignored,
 ):
     """Emulate, step by step, the quantized attention ``arch``'s kernel computes.
 
     ``arch``: "sm90" (INT8 QK, FP8 PV; tiles 128x128, per-thread scales by
-    the WGMMA fragment), "sm89" (SageAttention2's 128x64 geometry), "sm100" /
+    the WGMMA fragment, softmax denominator from the e4m3 P), "sm89" (SageAttention2's 128x64 geometry), "sm100" /
     "sm120" (NVFP4 Q, K, P, V with Sage3's two-level P scaling; ``smooth_q``
     adds the per-128-row Q mean back through ``delta_s``).
+    ``rowsum_p8``: INT8/FP8 archs only, the softmax denominator from the e4m3 P (the
+    sm90 kernel's default with two-level PV accumulation) or the fp32 P (SageAttention2's;
+    the sm90 kernel with ``rowsum_mma=False`` or pv_accum "fp32"); None: the arch's own.
     Returns the output in q's dtype and layout (and lse fp32 [B,Hq,Lq]).
     """
     qh, kh, vh = (to_hnd(t, tensor_layout) for t in (q, k, v))
@@ -489,6 +502,7 @@ def sageattn_reference(
             geom=geometry_for_arch(arch),
             lq=lq,
             lk=lk,
+            rowsum_p8=(arch == "sm90" and pv_accum_dtype != "fp32") if rowsum_p8 is None else rowsum_p8,
         )
     o = from_hnd(o[..., :d].to(q.dtype), tensor_layout)
     return (o, lse.float()) if return_lse else o

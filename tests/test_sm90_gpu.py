@@ -79,8 +79,11 @@ def run_case(d, causal, lq, lk, b, hq, hkv, layout, dtype, gran, pv, *, kind="ou
     kmx = km.float().repeat_interleave(hq // hkv, dim=1)
     lse = lse + sm_scale * (q.float() * kmx).sum(-1)
 
+    # Note [Row sum on the tensor core]: the kernel's denominator
+    rowsum_p8 = None if config is None else config.rowsum_mma and pv is not PvAccum.FP32
     o_ref, lse_ref = ref.sageattn_reference(q, k, v, is_causal=causal, sm_scale=sm_scale, return_lse=True,
-                                            qk_quant_gran=gran.value, pv_accum_dtype=pv.value, arch="sm90")
+                                            qk_quant_gran=gran.value, pv_accum_dtype=pv.value, arch="sm90",
+                                            rowsum_p8=rowsum_p8)
     o_exact = ref.attention_exact(q, k, v, is_causal=causal, sm_scale=sm_scale)
     return dict(o=o, lse=lse, o_ref=o_ref, lse_ref=lse_ref, o_exact=o_exact,
                 inputs=(q8, qs, k8, ks, v8, vs, sm_scale))
@@ -124,6 +127,8 @@ CONFIG_VARIANTS = {
     "no_vec_o_store": dict(vec_o_store=False, tma_o_store=False),
     "no_tma_o_store": dict(tma_o_store=False),
     "no_l2_sections": dict(l2_sections=False),
+    # SageAttention2's softmax denominator (fp32 P summed in the softmax)
+    "rowsum_fp32": dict(rowsum_mma=False),
 }
 
 
@@ -133,6 +138,15 @@ def test_sm90_config_variants_vs_reference(case, variant):
     from sagecute.kernels.sm90.attn_fwd import AttnFwdConfigSm90
 
     _check(run_case(*case, config=AttnFwdConfigSm90(**CONFIG_VARIANTS[variant])))
+
+
+@pytest.mark.parametrize("case", [CASES[14], CASES[15]], ids=_ids)
+def test_sm90_rowsum_fp32_fp16_accumulation(case):
+    """The softmax-side row sum (``rowsum_mma=False``) with fp32+fp16 PV accumulation,
+    against the reference with the same denominator."""
+    from sagecute.kernels.sm90.attn_fwd import AttnFwdConfigSm90
+
+    _check(run_case(*case, config=AttnFwdConfigSm90(rowsum_mma=False)))
 
 
 def test_sm90_causal_lpt_in_several_l2_sections():

@@ -18,15 +18,25 @@ from cutlass.cutlass_dsl import Numeric, dsl_user_op
 from cutlass.tensor_utils import LayoutEnum
 
 
-def make_smem_layout_k_major(dtype: Type[Numeric], rows: int, cols: int, stages: Optional[int] = None):
+def make_smem_layout_k_major(
+    dtype: Type[Numeric], rows: int, cols: int, stages: Optional[int] = None, stage_stride: Optional[int] = None
+):
     """Swizzled smem layout for a ``(rows, cols)`` tile whose ``cols`` axis is contiguous
-    (the K axis of a K-major WGMMA operand), optionally with a trailing stage mode."""
+    (the K axis of a K-major WGMMA operand), optionally with a trailing stage mode.
+    ``stage_stride`` (elements, a multiple of the swizzle atom): stages that far apart
+    instead of packed, e.g. the first ``rows`` rows of each stage of a taller buffer."""
     atom = warpgroup.make_smem_layout_atom(
         sm90_utils_basic.get_smem_layout_atom(LayoutEnum.ROW_MAJOR, dtype, cols), dtype
     )
     shape = (rows, cols) if stages is None else (rows, cols, stages)
     order = (0, 1) if stages is None else (0, 1, 2)
-    return cute.tile_to_shape(atom, shape, order=order)
+    layout = cute.tile_to_shape(atom, shape, order=order)
+    if stage_stride is None:
+        return layout
+    outer = layout.outer
+    # the stage mode is (1, stages) : (0, packed stride)
+    stride = (outer.stride[0], outer.stride[1], (outer.stride[2][0], stage_stride))
+    return cute.make_composed_layout(layout.inner, 0, cute.make_layout(outer.shape, stride=stride))
 
 
 @cute.jit

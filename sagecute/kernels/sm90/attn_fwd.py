@@ -113,6 +113,26 @@ MAGIC_I2F_BIAS = 12582912.0
 # this kernel instead of falling back to SDPA.
 
 
+# Note [Row sum on the tensor core]
+# ---------------------------------
+# With ``rowsum_mma`` each V^T stage has ROWSUM_COLS = 8 more rows (N = D + 8), filled
+# once per CTA with e4m3 1.0 (TMA only ever writes the first D rows). The PV WGMMA then
+# also accumulates sum_j P8[i, j] into O's extra columns, where P8 is the e4m3 P that
+# multiplies V: the online softmax drops its 64 FADDs per thread and block (~12% of a
+# consumer warp's instructions at d128), the extra columns take O's rescale and two-level
+# promotion like any channel, and every thread of a quad holds its rows' whole sum (no
+# quad reduction). The denominator is the sum of the rounded P instead of the unrounded
+# fp32 P (numerics.md §5 for SageAttention), so O is a true weighted mean of the
+# quantized V rows: a V channel mean passes through exactly. Measured on the reference
+# emulation (fp32 CPU, L1024): rel-L1 vs exact attention equal or lower for every input
+# kind, 0.29% -> 0.25% with a V mean of 1. ``reference._emulate_int8_fp8`` emulates it
+# (its ``rowsum_p8``). fp32+fp16: a 64-key fp16 sum of e4m3 P is at most 64*448 < 65504.
+# Two-level PV modes only: pv_accum "fp32" accumulates across all blocks inside the FP8
+# MMA, whose accumulator is not full fp32 (numerics.md §5); a denominator summed there
+# over many blocks missed the reference's bound (H100, d64 Lk 1000).
+ROWSUM_COLS = 8
+
+
 # Note [PDL after the preprocessing]
 # ----------------------------------
 # In a ``sageattn`` call the K/V preprocessing kernel runs right before this one. With
@@ -218,6 +238,11 @@ class AttnFwdConfigSm90:
     # fused_scale_exp: every k-th score's exp2 on the FMA pipe instead of MUFU (Note
     # [Polynomial exp2] in kernels/common/softmax.py); 0: all on MUFU
     exp2_poly_every: int = 0
+    # Note [Row sum on the tensor core]: V^T gets ROWSUM_COLS extra rows of e4m3 1.0, so
+    # the PV MMA also yields each row's sum of the e4m3 P (no FADDs in the softmax).
+    # fp32+fp32 and fp32+fp16 only (ignored for pv_accum "fp32"). H100, kernel only,
+    # d128: L8192 +7..12%, L1024 +5%, causal +-1%; d64 full +2..4%, causal -1%
+    rowsum_mma: bool = True
 
     def __post_init__(self) -> None:
         if self.tile_m != 128:
@@ -324,6 +349,10 @@ class SageAttnFwdSm90:
         # soon as it is quantized instead)
         self.early_q_release = config.intra_wg_overlap and config.early_q_release and not self.fuse_q
         self.num_consumer_wg = self.tile_m // 64
+        # N of the PV MMA: O's D columns, plus the row-sum columns (Note [Row sum on the
+        # tensor core]; two-level PV modes only)
+        self.rowsum_mma = config.rowsum_mma and self.two_level
+        self.pv_n = head_dim + (ROWSUM_COLS if self.rowsum_mma else 0)
         self.num_threads = self.num_threads_per_wg * (1 + self.num_consumer_wg)
 
     @staticmethod
@@ -350,12 +379,13 @@ class SageAttnFwdSm90:
         d = self.head_dim
         q_in = self.tile_m * d * 2 if self.fuse_q else 0
         o_stage = self.tile_m * d * self.out_dtype.width // 8 if self.config.tma_o_store else 0
-        return 1024 + self.tile_m * d + q_in + o_stage + self.num_stages * (self.tile_n * d + d * self.tile_n)
+        return 1024 + self.tile_m * d + q_in + o_stage + self.num_stages * (self.tile_n * d + self.pv_n * self.tile_n)
 
     # ------------------------------------------------------------------ host
-    def make_tiled_mma_pv(self, num_wg: int, acc_dtype=Float32) -> cute.TiledMma:
-        """P (registers) x V^T (smem) -> ``acc_dtype``, ``num_wg`` warpgroups of 64 rows
-        (the accumulator's (row, column) layout is the same for fp32 and fp16)."""
+    def make_tiled_mma_pv(self, num_wg: int, acc_dtype=Float32, n: Optional[int] = None) -> cute.TiledMma:
+        """P (registers) x V^T (smem) -> ``acc_dtype``, ``num_wg`` warpgroups of 64 rows,
+        ``n`` output columns (default D; the accumulator's (row, column) layout is the
+        same for fp32 and fp16, and its first D columns are O's for any ``n``)."""
         return sm90_utils_basic.make_trivial_tiled_mma(
             cutlass.Float8E4M3FN,
             cutlass.Float8E4M3FN,
@@ -363,7 +393,7 @@ class SageAttnFwdSm90:
             cute.nvgpu.OperandMajorMode.K,
             acc_dtype,
             atom_layout_mnk=(num_wg, 1, 1),
-            tiler_mn=(64, self.head_dim),
+            tiler_mn=(64, self.head_dim if n is None else n),
             a_source=warpgroup.OperandSource.RMEM,
         )
 
@@ -404,8 +434,11 @@ class SageAttnFwdSm90:
         )
         # fp32+fp16: the per-block PV accumulator is fp16 (the only GEMM into O's side)
         tiled_mma_pv = self.make_tiled_mma_pv(
-            self.num_consumer_wg, cutlass.Float16 if const_expr(self.pv_accum == PvAccum.FP32_FP16) else Float32
+            self.num_consumer_wg, cutlass.Float16 if const_expr(self.pv_accum == PvAccum.FP32_FP16) else Float32,
+            n=self.pv_n,
         )
+        # O's D columns of one warpgroup's PV accumulator: partitions O for the epilogue
+        tiled_mma_o = self.make_tiled_mma_pv(1)
 
         sQ_layout = wgmma.make_smem_layout_k_major(cutlass.Int8, self.tile_m, D)
         # TMA destination of Q: the int8 operand itself, or the bf16/fp16 tile to quantize
@@ -413,11 +446,15 @@ class SageAttnFwdSm90:
             self.fuse_q
         ) else sQ_layout
         sK_layout = wgmma.make_smem_layout_k_major(cutlass.Int8, self.tile_n, D, self.num_stages)
+        # V^T stages of pv_n rows (the MMA's B operand); TMA fills the first D of each
         sVt_layout = wgmma.make_smem_layout_k_major(
-            cutlass.Float8E4M3FN, D, self.tile_n, self.num_stages
+            cutlass.Float8E4M3FN, self.pv_n, self.tile_n, self.num_stages
+        )
+        sVt_tma_layout = wgmma.make_smem_layout_k_major(
+            cutlass.Float8E4M3FN, D, self.tile_n, self.num_stages, stage_stride=self.pv_n * self.tile_n
         )
         sK_tile = cute.select(sK_layout, mode=[0, 1])
-        sVt_tile = cute.select(sVt_layout, mode=[0, 1])
+        sVt_tile = cute.select(sVt_tma_layout, mode=[0, 1])
         # Note [TMA O store]: one (64, D) stage per consumer warpgroup
         sO_layout = wgmma.make_smem_layout_k_major(self.out_dtype, 64, D, self.num_consumer_wg)
 
@@ -426,13 +463,10 @@ class SageAttnFwdSm90:
         tma_atom_K, tma_K = cpasync.make_tiled_tma_atom(tma_op, mK, sK_tile, (self.tile_n, D))
         tma_atom_V, tma_Vt = cpasync.make_tiled_tma_atom(tma_op, mVt, sVt_tile, (D, self.tile_n))
         tma_atom_O, tma_O = None, None
-        # the PV MMA of one warpgroup: partitions a warpgroup's accumulator for stmatrix
-        tiled_mma_pv_wg = None
         if const_expr(self.config.tma_o_store):
             tma_atom_O, tma_O = cpasync.make_tiled_tma_atom(
                 cpasync.CopyBulkTensorTileS2GOp(), mO, cute.select(sO_layout, mode=[0, 1]), (64, D)
             )
-            tiled_mma_pv_wg = self.make_tiled_mma_pv(1)
         self.tma_bytes_Q = self.tile_m * D * self.q_dtype.width // 8
         sQin_size = cute.cosize(sQin_layout) if const_expr(self.fuse_q) else 64
         sO_size = cute.cosize(sO_layout) if const_expr(self.config.tma_o_store) else 64
@@ -474,11 +508,12 @@ class SageAttnFwdSm90:
             tma_atom_O,
             tiled_mma_qk,
             tiled_mma_pv,
-            tiled_mma_pv_wg,
+            tiled_mma_o,
             sQ_layout,
             sQin_layout,
             sK_layout,
             sVt_layout,
+            sVt_tma_layout,
             sO_layout,
             softmax_scale_log2,
             num_m_blocks,
@@ -510,11 +545,12 @@ class SageAttnFwdSm90:
         tma_atom_O: Optional[cute.CopyAtom],
         tiled_mma_qk: cute.TiledMma,
         tiled_mma_pv: cute.TiledMma,
-        tiled_mma_pv_wg: Optional[cute.TiledMma],
+        tiled_mma_o: cute.TiledMma,
         sQ_layout: cute.ComposedLayout,
         sQin_layout: cute.ComposedLayout,
         sK_layout: cute.ComposedLayout,
         sVt_layout: cute.ComposedLayout,
+        sVt_tma_layout: cute.ComposedLayout,
         sO_layout: cute.ComposedLayout,
         softmax_scale_log2: Float32,
         num_m_blocks: Int32,
@@ -547,6 +583,8 @@ class SageAttnFwdSm90:
         pipeline_q = tma_pipeline(storage.mbar_Q, 1, self.tma_bytes_Q)
         pipeline_k = tma_pipeline(storage.mbar_K, self.num_stages, self.tma_bytes_K)
         pipeline_v = tma_pipeline(storage.mbar_V, self.num_stages, self.tma_bytes_V)
+        if const_expr(self.rowsum_mma):
+            self.fill_rowsum_ones(storage.sVt.data_ptr())
         cute.arch.mbarrier_init_fence()
         cute.arch.sync_threads()
 
@@ -556,6 +594,7 @@ class SageAttnFwdSm90:
             sQin = storage.sQin.get_tensor(sQin_layout.outer, swizzle=sQin_layout.inner)
         sK = storage.sK.get_tensor(sK_layout.outer, swizzle=sK_layout.inner)
         sVt = storage.sVt.get_tensor(sVt_layout.outer, swizzle=sVt_layout.inner)
+        sVt_tma = storage.sVt.get_tensor(sVt_tma_layout.outer, swizzle=sVt_tma_layout.inner)
         sO = None
         if const_expr(self.config.tma_o_store):
             sO = storage.sO.get_tensor(sO_layout.outer, swizzle=sO_layout.inner)
@@ -577,7 +616,7 @@ class SageAttnFwdSm90:
                 cute.arch.setmaxregister_decrease(self.config.producer_regs)
             if warp_idx == 0:
                 self.load(
-                    mQ, mK, mVt, sQin, sK, sVt, tma_atom_Q, tma_atom_K, tma_atom_V,
+                    mQ, mK, mVt, sQin, sK, sVt_tma, tma_atom_Q, tma_atom_K, tma_atom_V,
                     pipeline_q, pipeline_k, pipeline_v, sched, seqlen_k, qhead_per_kvhead,
                 )
         else:
@@ -586,9 +625,25 @@ class SageAttnFwdSm90:
             tidx = cute.arch.thread_idx()[0] - self.num_threads_per_wg
             self.consumer(
                 tidx, sQ, sQin, sK, sVt, sO, mQScale, mKScale, mVScale, mO, mO_tma, mLSE, tma_atom_O,
-                tiled_mma_qk, tiled_mma_pv, tiled_mma_pv_wg, pipeline_q, pipeline_k, pipeline_v,
+                tiled_mma_qk, tiled_mma_pv, tiled_mma_o, pipeline_q, pipeline_k, pipeline_v,
                 sched, seqlen_q, seqlen_k, qhead_per_kvhead, softmax_scale_log2,
             )
+
+    @cute.jit
+    def fill_rowsum_ones(self, sVt_ptr: cute.Pointer):
+        """Note [Row sum on the tensor core]: e4m3 1.0 (0x38) into rows D.. of every V^T
+        stage, made visible to the WGMMA (async proxy) before the kernel's first
+        barrier. All bytes are equal, so the swizzle does not matter."""
+        words = ROWSUM_COLS * self.tile_n // 4
+        tidx = cute.arch.thread_idx()[0]
+        if tidx < words:
+            for s in cutlass.range_constexpr(self.num_stages):
+                rows = cute.make_tensor(
+                    cute.recast_ptr(sVt_ptr + (s * self.pv_n + self.head_dim) * self.tile_n, dtype=Int32),
+                    cute.make_layout(words),
+                )
+                rows[tidx] = Int32(0x38383838)
+            cute.arch.fence_proxy("async.shared", space="cta")
 
     # ============================================================ producer
     @cute.jit
@@ -683,7 +738,7 @@ class SageAttnFwdSm90:
         tma_atom_O: Optional[cute.CopyAtom],
         tiled_mma_qk: cute.TiledMma,
         tiled_mma_pv: cute.TiledMma,
-        tiled_mma_pv_wg: Optional[cute.TiledMma],
+        tiled_mma_o: cute.TiledMma,
         pipeline_q: pipeline.PipelineAsync,
         pipeline_k: pipeline.PipelineAsync,
         pipeline_v: pipeline.PipelineAsync,
@@ -707,18 +762,20 @@ class SageAttnFwdSm90:
         tOrVt = wg_mma_pv.make_fragment_B(wg_mma_pv.partition_B(sVt))  # (.., .., k, stage)
         tOrP = wg_mma_pv.make_fragment_A(wg_mma_pv.partition_shape_A((self.tile_m, self.tile_n)))
         acc_shape_S = thr_mma_qk.partition_shape_C((self.tile_m, self.tile_n))
-        acc_shape_O = thr_mma_pv.partition_shape_C((self.tile_m, D))
+        acc_shape_O = thr_mma_pv.partition_shape_C((self.tile_m, self.pv_n))
         acc_O = cute.make_rmem_tensor(acc_shape_O, Float32)
-        acc_O_mn = wgmma.acc_mn_view(acc_O)
+        # O's D columns: a prefix of the PV accumulator (Note [Row sum on the tensor core])
+        acc_O_out = cute.make_tensor(
+            acc_O.iterator, cute.make_layout(tiled_mma_o.get_slice(0).partition_shape_C((64, D)))
+        )
+        acc_O_mn = wgmma.acc_mn_view(acc_O_out)
         # coordinates of this thread's accumulator elements inside the tile
         # Static coordinates of thread 0's accumulator elements; thread t adds
         # (row_in_tile, col_in_block) below. Keeps index math out of registers.
         tScS_mn = wgmma.acc_mn_view(
             tiled_mma_qk.get_slice(0).partition_C(cute.make_identity_tensor((self.tile_m, self.tile_n)))
         )
-        tOcO_mn = wgmma.acc_mn_view(
-            tiled_mma_pv.get_slice(0).partition_C(cute.make_identity_tensor((self.tile_m, D)))
-        )
+        tOcO_mn = wgmma.acc_mn_view(tiled_mma_o.get_slice(0).partition_C(cute.make_identity_tensor((64, D))))
         num_rows = cute.size(acc_O_mn, mode=[0])  # 2: rows r and r + 8
         row_max = cute.make_rmem_tensor((num_rows,), Float32)
         row_sum = cute.make_rmem_tensor((num_rows,), Float32)
@@ -794,10 +851,11 @@ class SageAttnFwdSm90:
                 pipeline_q.consumer_release(q_state)
             q_state.advance()
 
+            self.finish_row_sum(acc_O, row_sum)
             self.epilogue(
-                acc_O, tOcO_mn, row_max, row_sum, v_scale, mO, mLSE,
+                acc_O_out, tOcO_mn, row_max, row_sum, v_scale, mO, mLSE,
                 m_block, head, head_kv, batch, seqlen_q, lane, row_in_tile, col_in_block,
-                sO, mO_tma, tma_atom_O, tiled_mma_pv_wg, wg_idx, warp_in_wg,
+                sO, mO_tma, tma_atom_O, tiled_mma_o, wg_idx, warp_in_wg,
             )
             tile += sched.grid_stride()
         if const_expr(self.config.tma_o_store):
@@ -879,11 +937,12 @@ class SageAttnFwdSm90:
 
     @cute.jit
     def softmax_step(self, ctx: "BlockCtx", scale: Float32, n_block: Int32, mask: cutlass.Constexpr[bool]):
-        """acc_S (int32) -> P (fp32, in acc_S_f); updates row_max/row_sum; row_scale = alpha.
+        """acc_S (int32) -> P (fp32, in acc_S_f); updates row_max (and row_sum without
+        ``rowsum_mma``); row_scale = alpha.
 
         Note [FP8 offset] (numerics.md §5): the running max is kept 8.807 = log2(448)
-        below the true max, so a row's largest P is 448, the e4m3 maximum. The row sum
-        adds the unrounded fp32 P; the offset cancels in O / rowsum."""
+        below the true max, so a row's largest P is 448, the e4m3 maximum; the offset
+        cancels in O / rowsum."""
         if const_expr(self.config.magic_i2f):
             # Note [int32 -> fp32 without I2FP]: |S| <= 127^2 * D < 2^22, so the bits of
             # S + 0x4B400000 read as fp32 are exactly x = S + 1.5 * 2^23 (one IADD on the
@@ -942,14 +1001,16 @@ class SageAttnFwdSm90:
             else:
                 p = cute.math.exp2(row - m_new, fastmath=True)
             alpha = cute.math.exp2(m_old - m_new, fastmath=True)
-            # per-thread partial row sum; the quad reduction happens once, in the epilogue
             s_mn[r, None].store(p)
-            if const_expr(self.config.tree_reduce):
-                p_sum = softmax_utils.row_reduce(s_mn[r, None], is_max=False,
-                                                 num_partials=self.config.reduce_partials)
-            else:
-                p_sum = p.reduce(cute.ReductionOp.ADD, Float32(0.0), 0)
-            ctx.row_sum[r] = ctx.row_sum[r] * alpha + p_sum
+            if const_expr(not self.rowsum_mma):
+                # per-thread partial row sum; the quad reduction happens once, after the
+                # last block (finish_row_sum)
+                if const_expr(self.config.tree_reduce):
+                    p_sum = softmax_utils.row_reduce(s_mn[r, None], is_max=False,
+                                                     num_partials=self.config.reduce_partials)
+                else:
+                    p_sum = p.reduce(cute.ReductionOp.ADD, Float32(0.0), 0)
+                ctx.row_sum[r] = ctx.row_sum[r] * alpha + p_sum
             ctx.row_max[r] = m_new
             ctx.row_scale[r] = alpha
 
@@ -1170,7 +1231,7 @@ class SageAttnFwdSm90:
         # converted before the wait and moved into P's registers after it (16 MOVs), and
         # it measured 4-8% slower (H100): the early wait is not what limits the kernel.
         if const_expr(self.config.pv_wait_fence):
-            wgmma.fence_after([ctx.row_sum[0], ctx.row_sum[1]], ctx.seqlen_k)
+            wgmma.fence_after([ctx.row_scale[0], ctx.row_scale[1]], ctx.seqlen_k)
         warpgroup.wait_group(0)  # PV(n-1) retired: its P registers and V stage are free
         pipeline_v.consumer_release(v_state)
         if const_expr(not self.promote_under_qk):
@@ -1194,14 +1255,26 @@ class SageAttnFwdSm90:
             for c in cutlass.range_constexpr(cute.size(s_mn, mode=[1])):
                 s_mn[r, c] = s_mn[r, c] if ctx.tScS_mn[r, c][1] < limit else -Float32.inf
 
+    @cute.jit
+    def finish_row_sum(self, acc_O: cute.Tensor, row_sum: cute.Tensor):
+        """After the tile's last block: each row's whole softmax denominator in
+        ``row_sum``, from the PV accumulator's row-sum columns (Note [Row sum on the
+        tensor core]) or as the quad's sum of the per-thread partial sums."""
+        acc_O_mn = wgmma.acc_mn_view(acc_O)
+        for r in cutlass.range_constexpr(cute.size(row_sum)):
+            if const_expr(self.rowsum_mma):
+                row_sum[r] = acc_O_mn[r, cute.size(acc_O_mn, mode=[1]) - 1]
+            else:
+                row_sum[r] = cute.arch.warp_reduction_sum(row_sum[r], threads_in_group=4)
+
     # ============================================================ epilogue
     @cute.jit
     def epilogue(
         self,
-        acc_O: cute.Tensor,
+        acc_O: cute.Tensor,  # O's D columns
         tOcO_mn: cute.Tensor,
         row_max: cute.Tensor,
-        row_sum: cute.Tensor,
+        row_sum: cute.Tensor,  # whole row sums (finish_row_sum)
         v_scale: cute.Tensor,  # per owned O column (load_v_scale)
         mO: cute.Tensor,
         mLSE: Optional[cute.Tensor],
@@ -1216,7 +1289,7 @@ class SageAttnFwdSm90:
         sO: Optional[cute.Tensor],
         mO_tma: Optional[cute.Tensor],
         tma_atom_O: Optional[cute.CopyAtom],
-        tiled_mma_pv_wg: Optional[cute.TiledMma],
+        tiled_mma_o: cute.TiledMma,
         wg_idx: Int32,
         warp_in_wg: Int32,
     ):
@@ -1224,11 +1297,9 @@ class SageAttnFwdSm90:
         num_rows = cute.size(acc_O_mn, mode=[0])
         inv_d = cute.make_rmem_tensor((num_rows,), Float32)
         for r in cutlass.range_constexpr(num_rows):
-            d = cute.arch.warp_reduction_sum(row_sum[r], threads_in_group=4)
-            row_sum[r] = d
-            inv_d[r] = cute.arch.rcp_approx(d)
+            inv_d[r] = cute.arch.rcp_approx(row_sum[r])
         if const_expr(self.config.tma_o_store):
-            self.store_o_tma(acc_O, inv_d, v_scale, sO, mO_tma, tma_atom_O, tiled_mma_pv_wg,
+            self.store_o_tma(acc_O, inv_d, v_scale, sO, mO_tma, tma_atom_O, tiled_mma_o,
                              m_block, head, batch, wg_idx, warp_in_wg)
         mO_cur = mO[None, None, head, batch]  # (Lq, D)
         for r in cutlass.range_constexpr(num_rows):
@@ -1276,7 +1347,7 @@ class SageAttnFwdSm90:
         sO: cute.Tensor,
         mO_tma: cute.Tensor,
         tma_atom_O: cute.CopyAtom,
-        tiled_mma_pv_wg: cute.TiledMma,
+        tiled_mma_o: cute.TiledMma,
         m_block: Int32,
         head: Int32,
         batch: Int32,
@@ -1296,7 +1367,7 @@ class SageAttnFwdSm90:
         cute.arch.barrier(barrier_id=barrier_id, number_of_threads=self.num_threads_per_wg)
         sO_wg = sO[None, None, wg_idx]
         store_atom = cute.make_copy_atom(StMatrix8x8x16bOp(False, 4), self.out_dtype)
-        thr_copy = cute.make_tiled_copy_C(store_atom, tiled_mma_pv_wg).get_slice(
+        thr_copy = cute.make_tiled_copy_C(store_atom, tiled_mma_o).get_slice(
             cute.arch.thread_idx()[0] % self.num_threads_per_wg
         )
         cute.copy(store_atom, thr_copy.retile(rO), thr_copy.partition_D(sO_wg))

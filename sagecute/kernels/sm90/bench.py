@@ -86,6 +86,7 @@ CONFIG_VARIANTS = {
     "poly4": (dict(exp2_poly_every=4), None),
     "poly8": (dict(exp2_poly_every=8), None),
     "poly3": (dict(exp2_poly_every=3), None),
+    "rowsum_fp32": (dict(rowsum_mma=False), None),  # Note [Row sum on the tensor core] off
 }
 
 
