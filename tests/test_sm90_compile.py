@@ -50,10 +50,13 @@ def _variants():
         # the API's launch after the preprocessing (PDL), fp16 PV accumulators
         (cutlass.BFloat16, 128, True, T, PvAccum.FP32_FP16, True, dataclasses.replace(cfg, pdl=True),
          cutlass.BFloat16),
+        # three consumer warpgroups at 160 registers (Note [Three consumer warpgroups])
+        (cutlass.BFloat16, 64, True, T, PvAccum.FP32, False, dataclasses.replace(cfg, tile_m=192, mainloop_unroll=1),
+         cutlass.BFloat16),
     ]
 
 
-@pytest.mark.parametrize("variant", range(7))
+@pytest.mark.parametrize("variant", range(8))
 def test_sm90_compiles_without_spills(variant, tmp_path):
     from sagecute.kernels.sm90.launch import compile_one_to_cubin
 

@@ -149,6 +149,15 @@ def test_sm90_rowsum_fp32_fp16_accumulation(case):
     _check(run_case(*case, config=AttnFwdConfigSm90(rowsum_mma=False)))
 
 
+@pytest.mark.parametrize("case", [CASES[1], CASES[2], CASES[6], CASES[15]], ids=_ids)
+def test_sm90_three_consumer_warpgroups(case):
+    """tile_m 192 (Note [Three consumer warpgroups]): round-robin GEMM issue, causal
+    with two masked blocks per tile, GQA, tails, fp32+fp16."""
+    from sagecute.kernels.sm90.attn_fwd import AttnFwdConfigSm90
+
+    _check(run_case(*case, config=AttnFwdConfigSm90(tile_m=192, mainloop_unroll=1)))
+
+
 def test_sm90_causal_lpt_in_several_l2_sections():
     """Lk 16k at D128 puts 8 heads in an L2 section (Note [LPT in L2 sections]): 20
     heads make 3 sections, the last one narrower."""

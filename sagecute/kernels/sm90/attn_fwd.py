@@ -18,7 +18,9 @@ Dataflow per CTA work tile (128 query rows of one (batch, head)):
   store]; register stores where o's strides do not allow TMA);
   optional LSE.
 
-Warp roles: WG0 = producer (``setmaxnreg 24``), WG1/WG2 = consumers (``240``).
+Warp roles: WG0 = producer (``setmaxnreg 24``), WG1/WG2 = consumers (``240``); with
+``tile_m=192`` a third consumer warpgroup, 160 registers each (Note [Three consumer
+warpgroups], opt-in).
 Overlap: QK(n) and PV(n-1) in flight together, softmax(n) under PV(n-1) (intra-warpgroup);
 the two consumer warpgroups alternate GEMM issue through named barriers (ping-pong).
 Persistent: grid = min(#tiles, #SMs), static stride scheduler, LPT order for causal
@@ -133,6 +135,21 @@ MAGIC_I2F_BIAS = 12582912.0
 ROWSUM_COLS = 8
 
 
+# Note [Three consumer warpgroups]
+# --------------------------------
+# ``tile_m=192``: three consumer warpgroups of 64 rows, 160 registers each (what the
+# register file leaves beside the producer's 24), GEMM issue in round robin. Each
+# SMSP then interleaves three consumer warps instead of two, which is what a
+# latency-bound softmax needs (perf/NOTES.md): H100 d64 fp32+fp32 kernel only, B4 H16
+# L8192 full 572 -> 666..683 TOPS, causal 531 -> 548..578; L1024 full +7%, causal -4%.
+# Opt-in, not the default: d64 fp32+fp32 spills 17 registers at 160 (one LDL of a
+# loop invariant per KV block; causal 49), and the compile gate forbids spills; pv
+# "fp32" fits (0 spills); d128 does not fit. A 192-row causal tile's diagonal
+# crosses two 128-key blocks, so the last two blocks are masked (first_masked_block).
+# Verified on an H100: the 16 test_sm90_gpu cases (bench --verify m192), and
+# with no intra-warpgroup overlap (0 spills; not faster).
+
+
 # Note [PDL after the preprocessing]
 # ----------------------------------
 # In a ``sageattn`` call the K/V preprocessing kernel runs right before this one. With
@@ -157,31 +174,31 @@ def tma_load(pipe: pipeline.PipelineAsync, tma_atom: cute.CopyAtom, src: cute.Te
 
 
 class WarpRole(enum.IntEnum):
-    PRODUCER_WG = 0  # warpgroup 0; its warp 0 issues TMA
-    CONSUMER_WG0 = 1
-    CONSUMER_WG1 = 2
+    PRODUCER_WG = 0  # warpgroup 0; its warp 0 issues TMA; consumers are 1..
+
+
+MAX_CONSUMER_WG = 3
 
 
 class NamedBarrier(enum.IntEnum):
-    # 0 is __syncthreads
-    WARP_SCHEDULER_WG1 = 1
-    WARP_SCHEDULER_WG2 = 2
-    Q_QUANT_WG1 = 3  # fused Q quantization: a warpgroup's int8 rows are in smem
-    Q_QUANT_WG2 = 4
-    EPILOGUE_WG1 = 5  # TMA O store: a warpgroup's half of sO is free / written
-    EPILOGUE_WG2 = 6
+    """First id of each per-consumer-warpgroup barrier (id + wg_idx); 0 is __syncthreads."""
+
+    WARP_SCHEDULER = 1  # ping-pong: this warpgroup's turn to issue GEMMs
+    Q_QUANT = WARP_SCHEDULER + MAX_CONSUMER_WG  # fused Q quantization: its int8 rows are in smem
+    EPILOGUE = Q_QUANT + MAX_CONSUMER_WG  # TMA O store: its stage of sO is free / written
 
 
 @dataclass(frozen=True)
 class AttnFwdConfigSm90:
     """Static tiling of :class:`SageAttnFwdSm90` (part of the compile key)."""
 
+    # Note [Three consumer warpgroups]: 192 = three consumer warpgroups of 64 rows
     tile_m: int = 128
     tile_n: int = 128
     num_stages: int = 2
     intra_wg_overlap: bool = True  # issue QK(n+1) before PV(n); softmax(n+1) under PV(n)
     producer_regs: int = 24
-    consumer_regs: int = 240
+    consumer_regs: int = 240  # capped by what the register file leaves (160 for tile_m 192)
     persistent: bool = True  # grid = min(#tiles, #SMs); False: one CTA per tile
     # overlap path only: named barriers alternate the two consumer warpgroups' GEMM
     # issue (FA3 ping-pong), so one warpgroup's softmax runs under the other's GEMMs
@@ -245,8 +262,8 @@ class AttnFwdConfigSm90:
     rowsum_mma: bool = True
 
     def __post_init__(self) -> None:
-        if self.tile_m != 128:
-            raise ValueError("tile_m must be 128 (two consumer warpgroups of 64 rows)")
+        if self.tile_m not in (128, 192):
+            raise ValueError("tile_m must be 128 or 192 (two or three consumer warpgroups of 64 rows)")
         if self.tile_n != SM90_GEOMETRY.blk_k:
             raise ValueError(f"tile_n must equal the K scale block {SM90_GEOMETRY.blk_k}")
         if self.reduce_partials < 1 or self.mainloop_unroll < 1:
@@ -354,6 +371,10 @@ class SageAttnFwdSm90:
         self.rowsum_mma = config.rowsum_mma and self.two_level
         self.pv_n = head_dim + (ROWSUM_COLS if self.rowsum_mma else 0)
         self.num_threads = self.num_threads_per_wg * (1 + self.num_consumer_wg)
+        # what the register file leaves each consumer thread after the producer's
+        # setmaxnreg decrease (a multiple of 8): 240 with two consumer warpgroups, 160 with three
+        free = (65536 // self.num_threads_per_wg - config.producer_regs) // self.num_consumer_wg
+        self.consumer_regs = min(config.consumer_regs, free // 8 * 8)
 
     @staticmethod
     def can_implement(
@@ -621,7 +642,7 @@ class SageAttnFwdSm90:
                 )
         else:
             if const_expr(self.config.use_setmaxnreg):
-                cute.arch.setmaxregister_increase(self.config.consumer_regs)
+                cute.arch.setmaxregister_increase(self.consumer_regs)
             tidx = cute.arch.thread_idx()[0] - self.num_threads_per_wg
             self.consumer(
                 tidx, sQ, sQin, sK, sVt, sO, mQScale, mKScale, mVScale, mO, mO_tma, mLSE, tma_atom_O,
@@ -654,6 +675,17 @@ class SageAttnFwdSm90:
             # last key visible to the tile's last row: (m_block + 1) * tile_m - 1
             n_max = cutlass.min(n_max, cute.ceil_div((m_block + 1) * self.tile_m, self.tile_n))
         return n_max
+
+    @cute.jit
+    def first_masked_block(self, m_block: Int32, n_block_max: Int32) -> Int32:
+        """Blocks from this one on need a mask: the last (key tail, causal diagonal), and
+        with causal tile_m > tile_n every block past the tile's first row's diagonal:
+        block b is fully visible to row r0 = m_block * tile_m iff its last key
+        b * tile_n + tile_n - 1 <= r0 (a 192-row tile's diagonal crosses two blocks)."""
+        n = n_block_max - 1
+        if const_expr(self.is_causal and self.tile_m > self.tile_n):
+            n = cutlass.min(n, (m_block * self.tile_m + 1) // self.tile_n)
+        return n
 
     @cute.jit
     def load(
@@ -838,14 +870,15 @@ class SageAttnFwdSm90:
                     pipeline_q, q_state,
                 )
             else:
-                for n in cutlass.range(n_block_max - 1, unroll=1):
+                n_masked = self.first_masked_block(m_block, n_block_max)
+                for n in cutlass.range(n_masked, unroll=1):
                     kv_state = self.mma_one_block(
-                        ctx, kv_state, n, tiled_mma_qk, tiled_mma_pv, pipeline_k, pipeline_v, is_last=False
+                        ctx, kv_state, n, tiled_mma_qk, tiled_mma_pv, pipeline_k, pipeline_v, mask=False
                     )
-                kv_state = self.mma_one_block(
-                    ctx, kv_state, n_block_max - 1, tiled_mma_qk, tiled_mma_pv, pipeline_k, pipeline_v,
-                    is_last=True,
-                )
+                for n in cutlass.range(n_masked, n_block_max, unroll=1):
+                    kv_state = self.mma_one_block(
+                        ctx, kv_state, n, tiled_mma_qk, tiled_mma_pv, pipeline_k, pipeline_v, mask=True
+                    )
                 self.load_v_scale(ctx)
             if const_expr(not (self.fuse_q or self.early_q_release)):
                 pipeline_q.consumer_release(q_state)
@@ -894,7 +927,7 @@ class SageAttnFwdSm90:
                 cute.autovec_copy(q8, dst)
         # the QK WGMMAs (async proxy) read what these generic stores wrote
         cute.arch.fence_proxy("async.shared", space="cta")
-        cute.arch.barrier(barrier_id=int(NamedBarrier.Q_QUANT_WG1) + wg_idx, number_of_threads=self.num_threads_per_wg)
+        cute.arch.barrier(barrier_id=int(NamedBarrier.Q_QUANT) + wg_idx, number_of_threads=self.num_threads_per_wg)
         return div_rn(amax, Float32(INT8_MAX))
 
     @cute.jit
@@ -1069,7 +1102,7 @@ class SageAttnFwdSm90:
         tiled_mma_pv: cute.TiledMma,
         pipeline_k: pipeline.PipelineAsync,
         pipeline_v: pipeline.PipelineAsync,
-        is_last: cutlass.Constexpr[bool],
+        mask: cutlass.Constexpr[bool],
     ) -> pipeline.PipelineState:
         """One KV block, no overlap: QK, softmax, PV in sequence."""
         scale = self.load_qk_scale(ctx, n_block)
@@ -1077,7 +1110,7 @@ class SageAttnFwdSm90:
         wgmma.gemm(tiled_mma_qk, ctx.acc_S, ctx.tSrQ, ctx.tSrK[None, None, None, kv_state.index],
                    zero_init=True, wg_wait=0)
         pipeline_k.consumer_release(kv_state)
-        self.softmax_step(ctx, scale, n_block, mask=is_last)
+        self.softmax_step(ctx, scale, n_block, mask=mask)
         self.convert_p(ctx)
         if const_expr(self.pv_accum == PvAccum.FP32):
             self.rescale_o(ctx.acc_O, ctx.row_scale)
@@ -1113,8 +1146,9 @@ class SageAttnFwdSm90:
         if const_expr(self.early_q_release):
             if n_block_max == 1:
                 pipeline_q.consumer_release(q_state)  # that was the tile's last QK
-        # only a tile's last block can need a mask (key tail, causal diagonal)
-        if n_block_max == 1:
+        # only the last blocks can need a mask (key tail, causal diagonal)
+        n_masked = self.first_masked_block(ctx.m_block, n_block_max)
+        if n_masked == 0:
             self.softmax_step(ctx, scale, 0, mask=True)
         else:
             self.softmax_step(ctx, scale, 0, mask=False)
@@ -1130,11 +1164,18 @@ class SageAttnFwdSm90:
             ctx.row_scale_prev.store(ctx.row_scale.load())
         v_state = kv_state.clone()
         kv_state.advance()
-        for n in cutlass.range(1, n_block_max - 1, unroll=self.config.mainloop_unroll):
+        for n in cutlass.range(1, n_masked, unroll=self.config.mainloop_unroll):
             self.overlap_step(ctx, kv_state, v_state, n, tiled_mma_qk, tiled_mma_pv,
                               pipeline_k, pipeline_v, mask=False)
             v_state = kv_state.clone()
             kv_state.advance()
+        if const_expr(self.is_causal and self.tile_m > self.tile_n):
+            # masked blocks before the last one (a 192-row tile's diagonal)
+            for n in cutlass.range(cutlass.max(n_masked, 1), n_block_max - 1, unroll=1):
+                self.overlap_step(ctx, kv_state, v_state, n, tiled_mma_qk, tiled_mma_pv,
+                                  pipeline_k, pipeline_v, mask=True)
+                v_state = kv_state.clone()
+                kv_state.advance()
         if n_block_max > 1:
             self.overlap_step(ctx, kv_state, v_state, n_block_max - 1, tiled_mma_qk, tiled_mma_pv,
                               pipeline_k, pipeline_v, mask=True,
@@ -1166,7 +1207,7 @@ class SageAttnFwdSm90:
         if const_expr(self.intra_wg_overlap and self.config.wg_pingpong):
             if wg_idx == 0:
                 cute.arch.barrier_arrive(
-                    barrier_id=int(NamedBarrier.WARP_SCHEDULER_WG1), number_of_threads=2 * self.num_threads_per_wg
+                    barrier_id=int(NamedBarrier.WARP_SCHEDULER), number_of_threads=2 * self.num_threads_per_wg
                 )
 
     @cute.jit
@@ -1174,16 +1215,16 @@ class SageAttnFwdSm90:
         """Wait for this warpgroup's turn to issue GEMMs."""
         if const_expr(self.config.wg_pingpong):
             cute.arch.barrier(
-                barrier_id=int(NamedBarrier.WARP_SCHEDULER_WG1) + wg_idx,
+                barrier_id=int(NamedBarrier.WARP_SCHEDULER) + wg_idx,
                 number_of_threads=2 * self.num_threads_per_wg,
             )
 
     @cute.jit
     def pingpong_arrive(self, wg_idx: Int32):
-        """Hand the GEMM issue turn to the other consumer warpgroup."""
+        """Hand the GEMM issue turn to the next consumer warpgroup (round robin)."""
         if const_expr(self.config.wg_pingpong):
             cute.arch.barrier_arrive(
-                barrier_id=int(NamedBarrier.WARP_SCHEDULER_WG1) + 1 - wg_idx,
+                barrier_id=int(NamedBarrier.WARP_SCHEDULER) + (wg_idx + 1) % self.num_consumer_wg,
                 number_of_threads=2 * self.num_threads_per_wg,
             )
 
@@ -1361,7 +1402,7 @@ class SageAttnFwdSm90:
                 acc_O_mn[r, c] = acc_O_mn[r, c] * inv_d[r] * v_scale[c]
         rO = cute.make_rmem_tensor(acc_O.layout, self.out_dtype)
         rO.store(acc_O.load().to(self.out_dtype))
-        barrier_id = int(NamedBarrier.EPILOGUE_WG1) + wg_idx
+        barrier_id = int(NamedBarrier.EPILOGUE) + wg_idx
         if warp_in_wg == 0:
             cute.arch.cp_async_bulk_wait_group(0, read=True)  # the previous tile's store
         cute.arch.barrier(barrier_id=barrier_id, number_of_threads=self.num_threads_per_wg)
@@ -1375,7 +1416,8 @@ class SageAttnFwdSm90:
         cute.arch.fence_proxy("async.shared", space="cta")
         cute.arch.barrier(barrier_id=barrier_id, number_of_threads=self.num_threads_per_wg)
         if warp_in_wg == 0:
-            gO = cute.local_tile(mO_tma[None, None, head, batch], (64, self.head_dim), (m_block * 2 + wg_idx, 0))
+            gO = cute.local_tile(mO_tma[None, None, head, batch], (64, self.head_dim),
+                                 (m_block * self.num_consumer_wg + wg_idx, 0))
             tOsO, tOgO = cpasync.tma_partition(
                 tma_atom_O, 0, cute.make_layout(1), cute.group_modes(sO_wg, 0, 2), cute.group_modes(gO, 0, 2)
             )

@@ -87,6 +87,13 @@ CONFIG_VARIANTS = {
     "poly8": (dict(exp2_poly_every=8), None),
     "poly3": (dict(exp2_poly_every=3), None),
     "rowsum_fp32": (dict(rowsum_mma=False), None),  # Note [Row sum on the tensor core] off
+    # three consumer warpgroups (tile_m 192, 160 registers each)
+    "m192": (dict(tile_m=192, mainloop_unroll=1), None),
+    "m192_u2": (dict(tile_m=192, mainloop_unroll=2), None),
+    "m192_rowsum_fp32": (dict(tile_m=192, mainloop_unroll=1, rowsum_mma=False), None),
+    "pv32_m192": (dict(tile_m=192, mainloop_unroll=1), "fp32"),
+    "m192_no_overlap": (dict(tile_m=192, intra_wg_overlap=False), None),
+    "m192_no_pingpong": (dict(tile_m=192, mainloop_unroll=1, wg_pingpong=False), None),
 }
 
 
