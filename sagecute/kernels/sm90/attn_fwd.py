@@ -244,6 +244,10 @@ class AttnFwdConfigSm90:
     # GEMM (and inside the ping-pong issue turn), instead of after the PV(n-1) wait.
     # Off: no consistent gain (H100 L8192, -5%..+2% across d64/d128 causal/full)
     early_promote: bool = False
+    # overlap path, two-level PV modes: wait for PV(n-1) and promote it before the
+    # softmax of block n instead of after; frees the fresh accumulator's registers
+    # during the softmax (needed for tile_m 192 at 160 registers)
+    promote_before_softmax: bool = False
     # unmasked blocks: row max on the int32 scores (exact: I2FP and the positive scale are
     # monotonic); ptxas pairs the maxes into 3-input VIMNMX3 (30 instead of 62 per block).
     # Together with reduce_partials 4 (alone it is not faster at d128), H100 L8192 vs
@@ -362,6 +366,7 @@ class SageAttnFwdSm90:
         # or fp16), promoted into the fp32 O (numerics.md §5)
         self.two_level = pv_accum in (PvAccum.FP32_FP32, PvAccum.FP32_FP16)
         self.promote_under_qk = config.early_promote and self.two_level
+        self.promote_first = config.promote_before_softmax and self.two_level and not self.promote_under_qk
         # release sQ after the tile's last QK (a fused Q's input tile is released as
         # soon as it is quantized instead)
         self.early_q_release = config.intra_wg_overlap and config.early_q_release and not self.fuse_q
@@ -1261,6 +1266,13 @@ class SageAttnFwdSm90:
         pipeline_k.consumer_release(k_state)
         if const_expr(pipeline_q is not None):
             pipeline_q.consumer_release(q_state)
+        if const_expr(self.promote_first):
+            # wait for PV(n-1) and fold it into O before the softmax, so its fresh
+            # accumulator is dead while the scores are live (Note [PV wait hoisting]:
+            # ptxas puts the wait here anyway)
+            warpgroup.wait_group(0)
+            pipeline_v.consumer_release(v_state)
+            self.finish_pv(ctx, ctx.row_scale_prev)
         self.softmax_step(ctx, scale, n_block, mask=mask)
         # Note [PV wait hoisting] (SASS, 4.8.1): ptxas moves this wait (WARPGROUP.DEPBAR.LE
         # gsb0, 0x0) up past all arithmetic, to just below the previous side-effecting
@@ -1273,10 +1285,11 @@ class SageAttnFwdSm90:
         # it measured 4-8% slower (H100): the early wait is not what limits the kernel.
         if const_expr(self.config.pv_wait_fence):
             wgmma.fence_after([ctx.row_scale[0], ctx.row_scale[1]], ctx.seqlen_k)
-        warpgroup.wait_group(0)  # PV(n-1) retired: its P registers and V stage are free
-        pipeline_v.consumer_release(v_state)
-        if const_expr(not self.promote_under_qk):
-            self.finish_pv(ctx, ctx.row_scale_prev)
+        if const_expr(not self.promote_first):
+            warpgroup.wait_group(0)  # PV(n-1) retired: its P registers and V stage are free
+            pipeline_v.consumer_release(v_state)
+            if const_expr(not self.promote_under_qk):
+                self.finish_pv(ctx, ctx.row_scale_prev)
         self.convert_p(ctx)
         if const_expr(self.pv_accum == PvAccum.FP32):
             self.rescale_o(ctx.acc_O, ctx.row_scale)

@@ -94,6 +94,9 @@ CONFIG_VARIANTS = {
     "pv32_m192": (dict(tile_m=192, mainloop_unroll=1), "fp32"),
     "m192_no_overlap": (dict(tile_m=192, intra_wg_overlap=False), None),
     "m192_no_pingpong": (dict(tile_m=192, mainloop_unroll=1, wg_pingpong=False), None),
+    "m192_pf": (dict(tile_m=192, mainloop_unroll=1, promote_before_softmax=True), None),
+    "m192_pf_nopp": (dict(tile_m=192, mainloop_unroll=1, promote_before_softmax=True, wg_pingpong=False), None),
+    "pf": (dict(promote_before_softmax=True), None),
 }
 
 
