@@ -151,11 +151,15 @@ def test_sm90_rowsum_fp32_fp16_accumulation(case):
 
 @pytest.mark.parametrize("case", [CASES[1], CASES[2], CASES[6], CASES[15]], ids=_ids)
 def test_sm90_three_consumer_warpgroups(case):
-    """tile_m 192 (Note [Three consumer warpgroups]): round-robin GEMM issue, causal
-    with two masked blocks per tile, GQA, tails, fp32+fp16."""
-    from sagecute.kernels.sm90.attn_fwd import AttnFwdConfigSm90
+    """tile_m 192 (Note [Three consumer warpgroups]): causal with two masked blocks per
+    tile, GQA, tails, fp32+fp16; with and without ping-pong (round robin); fused Q."""
+    import dataclasses
 
-    _check(run_case(*case, config=AttnFwdConfigSm90(tile_m=192, mainloop_unroll=1)))
+    from sagecute.kernels.sm90.attn_fwd import THREE_CONSUMER_WG, AttnFwdConfigSm90
+
+    cfg = AttnFwdConfigSm90(**THREE_CONSUMER_WG)
+    _check(run_case(*case, config=cfg))
+    _check(run_case(*case, config=dataclasses.replace(cfg, wg_pingpong=True), fused_q=True))
 
 
 def test_sm90_causal_lpt_in_several_l2_sections():

@@ -138,16 +138,22 @@ ROWSUM_COLS = 8
 # Note [Three consumer warpgroups]
 # --------------------------------
 # ``tile_m=192``: three consumer warpgroups of 64 rows, 160 registers each (what the
-# register file leaves beside the producer's 24), GEMM issue in round robin. Each
-# SMSP then interleaves three consumer warps instead of two, which is what a
-# latency-bound softmax needs (perf/NOTES.md): H100 d64 fp32+fp32 kernel only, B4 H16
-# L8192 full 572 -> 666..683 TOPS, causal 531 -> 548..578; L1024 full +7%, causal -4%.
-# Opt-in, not the default: d64 fp32+fp32 spills 17 registers at 160 (one LDL of a
-# loop invariant per KV block; causal 49), and the compile gate forbids spills; pv
-# "fp32" fits (0 spills); d128 does not fit. A 192-row causal tile's diagonal
-# crosses two 128-key blocks, so the last two blocks are masked (first_masked_block).
-# Verified on an H100: the 16 test_sm90_gpu cases (bench --verify m192), and
-# with no intra-warpgroup overlap (0 spills; not faster).
+# register file leaves beside the producer's 24). Each SMSP then interleaves three
+# consumer warps instead of two, which is what a latency-bound softmax needs
+# (perf/NOTES.md). H100 d64 fp32+fp32 kernel only, B4 H16: L8192 full 571 -> 696 TOPS,
+# causal 537 -> 579; L1024 full +9%, causal -7% (THREE_CONSUMER_WG: ping-pong off,
+# which measured faster with three).
+# Registers: QK(n) and PV(n-1) in flight together hold S (64), P (16), the fresh PV
+# accumulator (36) and O (36). Fitting 160 took: the PV(n-1) wait and promotion before
+# the softmax (promote_before_softmax; ptxas hoists that wait anyway, Note [PV wait
+# hoisting]); the stage releases after that wait (an mbarrier arrive needs a register);
+# and the thread's row/column recomputed from the thread index where they are used
+# (position_here, quantize_q) instead of held through the tile. Spill-free (the
+# compile gate) for d64 non-causal with Q quantized in the kernel, per_thread scales,
+# every PV mode and output store: that is where ``AttnFwdConfigSm90.tuned`` uses it.
+# Still spilling (4 registers, in the masked blocks or the Q-scale load): causal,
+# per_warp, int8 Q; d128 does not fit. A 192-row causal tile's diagonal crosses two
+# 128-key blocks, so its last two blocks are masked (first_masked_block).
 
 
 # Note [PDL after the preprocessing]
@@ -286,15 +292,32 @@ class AttnFwdConfigSm90:
         return AttnFwdConfigSm90()
 
     @staticmethod
-    def after_preprocess(head_dim: int) -> "AttnFwdConfigSm90":
-        """The API's: the default, launched as a programmatic dependent of the K/V
-        preprocessing (Note [PDL after the preprocessing])."""
-        return dataclasses.replace(AttnFwdConfigSm90.default(head_dim), pdl=True)
+    def tuned(head_dim: int, is_causal: bool, granularity: QuantGranularity, fused_q: bool) -> "AttnFwdConfigSm90":
+        """The fastest measured config for a problem: three consumer warpgroups where
+        they compile without spills and were faster (Note [Three consumer warpgroups]:
+        d64 non-causal, per_thread scales, Q quantized in the kernel), else the default."""
+        cfg = AttnFwdConfigSm90.default(head_dim)
+        if head_dim == 64 and not is_causal and granularity is QuantGranularity.PER_THREAD and fused_q:
+            cfg = dataclasses.replace(cfg, **THREE_CONSUMER_WG)
+        return cfg
+
+    @staticmethod
+    def after_preprocess(
+        head_dim: int, is_causal: bool = False, granularity: QuantGranularity = QuantGranularity.PER_THREAD
+    ) -> "AttnFwdConfigSm90":
+        """The API's (Q quantized in the kernel): ``tuned``, launched as a programmatic
+        dependent of the K/V preprocessing (Note [PDL after the preprocessing])."""
+        return dataclasses.replace(AttnFwdConfigSm90.tuned(head_dim, is_causal, granularity, True), pdl=True)
 
     @staticmethod
     def all_configs() -> list["AttnFwdConfigSm90"]:
         """The default and the simplest (no overlap, no ping-pong) configurations."""
         return [AttnFwdConfigSm90(), AttnFwdConfigSm90(intra_wg_overlap=False)]
+
+
+# Note [Three consumer warpgroups]: 160 registers need the PV(n-1) promotion before the
+# softmax; ping-pong off measured faster with three (the round robin serializes issue)
+THREE_CONSUMER_WG = dict(tile_m=192, mainloop_unroll=1, promote_before_softmax=True, wg_pingpong=False)
 
 
 class BlockCtx(NamedTuple):
@@ -831,10 +854,7 @@ class SageAttnFwdSm90:
         q_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, 1)
         kv_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.num_stages)
 
-        # first row this thread owns inside the tile (its other row is +8)
-        row_in_tile = wg_idx * 64 + warp_in_wg * 16 + lane // 4
-        # first key column this thread owns inside a KV block
-        col_in_block = 2 * (lane % 4)
+        row_in_tile, col_in_block = self.thread_position(tidx)
 
         self.pingpong_init(wg_idx)
         tile = sched.first_tile()
@@ -844,7 +864,7 @@ class SageAttnFwdSm90:
             n_block_max = self.n_block_max(m_block, seqlen_k)
             if const_expr(self.fuse_q):
                 pipeline_q.consumer_wait(q_state)
-                q_scale = self.quantize_q(sQin, sQ, wg_idx, warp_in_wg, lane)
+                q_scale = self.quantize_q(sQin, sQ, wg_idx)
                 pipeline_q.consumer_release(q_state)  # the bf16/fp16 tile is consumed
             else:
                 row0 = m_block * self.tile_m + row_in_tile
@@ -890,9 +910,10 @@ class SageAttnFwdSm90:
             q_state.advance()
 
             self.finish_row_sum(acc_O, row_sum)
+            row_pos, col_pos = self.position_here(ctx)
             self.epilogue(
                 acc_O_out, tOcO_mn, row_max, row_sum, v_scale, mO, mLSE,
-                m_block, head, head_kv, batch, seqlen_q, lane, row_in_tile, col_in_block,
+                m_block, head, head_kv, batch, seqlen_q, col_pos // 2, row_pos, col_pos,
                 sO, mO_tma, tma_atom_O, tiled_mma_o, wg_idx, warp_in_wg,
             )
             tile += sched.grid_stride()
@@ -901,14 +922,16 @@ class SageAttnFwdSm90:
                 cute.arch.cp_async_bulk_wait_group(0, read=True)  # sO outlives the last store
 
     @cute.jit
-    def quantize_q(self, sQin: cute.Tensor, sQ: cute.Tensor, wg_idx: Int32, warp_in_wg: Int32, lane: Int32):
+    def quantize_q(self, sQin: cute.Tensor, sQ: cute.Tensor, wg_idx: Int32):
         """Note [Fused Q quantization]: this thread's share of its warpgroup's rows,
         sQin -> sQ int8; returns the q_scale of this thread's S rows."""
         D = self.head_dim
         n_vec = D // 32  # 8-channel vectors per row and thread
-        lane = recompute_here(lane)  # the 16 smem addresses: per tile, not live through the mainloop
-        row = wg_idx * 64 + warp_in_wg * 16 + lane // 4
-        col0 = (lane % 4) * 8
+        # from the thread index here: the 16 smem addresses are per tile, and nothing
+        # they derive from stays live through the mainloop
+        tidx = recompute_here(cute.arch.thread_idx()[0]) - self.num_threads_per_wg
+        row, _ = self.thread_position(tidx)
+        col0 = (tidx % 4) * 8
         rX = cute.make_rmem_tensor(cute.make_layout((8, 2, n_vec)), self.q_dtype)
         for r in cutlass.range_constexpr(2):
             for j in cutlass.range_constexpr(n_vec):
@@ -1203,8 +1226,27 @@ class SageAttnFwdSm90:
     @cute.jit
     def load_v_scale(self, ctx: "BlockCtx"):
         """The per-channel V scale of each O column this thread owns (numerics.md §4)."""
+        _, col_in_block = self.position_here(ctx)
         for c in cutlass.range_constexpr(cute.size(ctx.v_scale)):
-            ctx.v_scale[c] = Float32(ctx.mVScale[ctx.col_in_block + ctx.tOcO_mn[0, c][1]])
+            ctx.v_scale[c] = Float32(ctx.mVScale[col_in_block + ctx.tOcO_mn[0, c][1]])
+
+    @cute.jit
+    def thread_position(self, tidx: Int32):
+        """(first row this thread owns inside the tile (its other row is +8), first key
+        column it owns inside a KV block), from its consumer thread index."""
+        lane = tidx % 32
+        row_in_tile = (tidx // self.num_threads_per_wg) * 64 + ((tidx // 32) % 4) * 16 + lane // 4
+        return row_in_tile, 2 * (lane % 4)
+
+    @cute.jit
+    def position_here(self, ctx: "BlockCtx"):
+        """``ctx``'s (row_in_tile, col_in_block); with three consumer warpgroups (160
+        registers) recomputed here from the thread index, so they are not held through
+        the tile (Note [Three consumer warpgroups])."""
+        pos = (ctx.row_in_tile, ctx.col_in_block)
+        if const_expr(self.num_consumer_wg > 2):
+            pos = self.thread_position(recompute_here(cute.arch.thread_idx()[0]) - self.num_threads_per_wg)
+        return pos
 
     @cute.jit
     def pingpong_init(self, wg_idx: Int32):
@@ -1262,15 +1304,17 @@ class SageAttnFwdSm90:
         pipeline_v.consumer_wait(v_state)
         self.issue_pv(ctx, tiled_mma_pv, v_state.index, wg_wait=-1)
         self.pingpong_arrive(ctx.wg_idx)
-        warpgroup.wait_group(1)  # QK(n) retired, PV(n-1) may still run
+        if const_expr(self.promote_first):
+            # wait for PV(n-1) too and fold it into O before the softmax, so its fresh
+            # accumulator and P are dead while the scores are live (Note [PV wait
+            # hoisting]: ptxas puts the wait here anyway)
+            warpgroup.wait_group(0)
+        else:
+            warpgroup.wait_group(1)  # QK(n) retired, PV(n-1) may still run
         pipeline_k.consumer_release(k_state)
         if const_expr(pipeline_q is not None):
             pipeline_q.consumer_release(q_state)
         if const_expr(self.promote_first):
-            # wait for PV(n-1) and fold it into O before the softmax, so its fresh
-            # accumulator is dead while the scores are live (Note [PV wait hoisting]:
-            # ptxas puts the wait here anyway)
-            warpgroup.wait_group(0)
             pipeline_v.consumer_release(v_state)
             self.finish_pv(ctx, ctx.row_scale_prev)
         self.softmax_step(ctx, scale, n_block, mask=mask)
@@ -1299,13 +1343,14 @@ class SageAttnFwdSm90:
     @cute.jit
     def apply_mask(self, s_mn: cute.Tensor, ctx: "BlockCtx", n_block: Int32):
         """Keys >= Lk, and (causal, top-left) keys after the query row, get -inf."""
-        # column c of this thread is ctx.col_in_block + (static column of thread 0)
-        col_limit = ctx.seqlen_k - n_block * self.tile_n - ctx.col_in_block
+        row_in_tile, col_in_block = self.position_here(ctx)
+        # column c of this thread is col_in_block + (static column of thread 0)
+        col_limit = ctx.seqlen_k - n_block * self.tile_n - col_in_block
         for r in cutlass.range_constexpr(cute.size(s_mn, mode=[0])):
             limit = col_limit
             if const_expr(self.is_causal):
-                row = ctx.m_block * self.tile_m + ctx.row_in_tile + ctx.tScS_mn[r, 0][0]
-                limit = cutlass.min(limit, row + 1 - n_block * self.tile_n - ctx.col_in_block)
+                row = ctx.m_block * self.tile_m + row_in_tile + ctx.tScS_mn[r, 0][0]
+                limit = cutlass.min(limit, row + 1 - n_block * self.tile_n - col_in_block)
             for c in cutlass.range_constexpr(cute.size(s_mn, mode=[1])):
                 s_mn[r, c] = s_mn[r, c] if ctx.tScS_mn[r, c][1] < limit else -Float32.inf
 
@@ -1337,7 +1382,7 @@ class SageAttnFwdSm90:
         head_kv: Int32,
         batch: Int32,
         seqlen_q: Int32,
-        lane: Int32,
+        quad_lane: Int32,  # lane % 4: the quad's lane 0 writes the LSE
         row_in_tile: Int32,
         col_in_block: Int32,
         sO: Optional[cute.Tensor],
@@ -1362,7 +1407,7 @@ class SageAttnFwdSm90:
                 if const_expr(not self.config.tma_o_store):
                     self.store_o_row(acc_O_mn, inv_d, v_scale, mO_cur, tOcO_mn, r, row, col_in_block)
                 if const_expr(self.has_lse):
-                    if lane % 4 == 0:
+                    if quad_lane == 0:
                         # natural-log LSE of the smoothed scores: (m + log2 d) * ln2
                         lse = (row_max[r] + cute.math.log2(row_sum[r], fastmath=True)) * Float32(math.log(2.0))
                         mLSE[batch, head, row] = lse

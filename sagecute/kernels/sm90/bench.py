@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+from sagecute.kernels.sm90.attn_fwd import THREE_CONSUMER_WG
+
 
 def make_runner(b, h, lq, lk, d, causal, gran, pv, config=None, fused_q=False):
     """A zero-argument call of the sm90 kernel on fresh random inputs, K/V quantized
@@ -87,15 +89,9 @@ CONFIG_VARIANTS = {
     "poly8": (dict(exp2_poly_every=8), None),
     "poly3": (dict(exp2_poly_every=3), None),
     "rowsum_fp32": (dict(rowsum_mma=False), None),  # Note [Row sum on the tensor core] off
-    # three consumer warpgroups (tile_m 192, 160 registers each)
-    "m192": (dict(tile_m=192, mainloop_unroll=1), None),
-    "m192_u2": (dict(tile_m=192, mainloop_unroll=2), None),
-    "m192_rowsum_fp32": (dict(tile_m=192, mainloop_unroll=1, rowsum_mma=False), None),
-    "pv32_m192": (dict(tile_m=192, mainloop_unroll=1), "fp32"),
-    "m192_no_overlap": (dict(tile_m=192, intra_wg_overlap=False), None),
-    "m192_no_pingpong": (dict(tile_m=192, mainloop_unroll=1, wg_pingpong=False), None),
-    "m192_pf": (dict(tile_m=192, mainloop_unroll=1, promote_before_softmax=True), None),
-    "m192_pf_nopp": (dict(tile_m=192, mainloop_unroll=1, promote_before_softmax=True, wg_pingpong=False), None),
+    # Note [Three consumer warpgroups]: what tuned() picks for d64 non-causal per_thread
+    "three_wg": (THREE_CONSUMER_WG, None),
+    "three_wg_pingpong": (dict(THREE_CONSUMER_WG, wg_pingpong=True), None),
     "pf": (dict(promote_before_softmax=True), None),
 }
 
