@@ -140,9 +140,12 @@ ROWSUM_COLS = 8
 # ``tile_m=192``: three consumer warpgroups of 64 rows, 160 registers each (what the
 # register file leaves beside the producer's 24). Each SMSP then interleaves three
 # consumer warps instead of two, which is what a latency-bound softmax needs
-# (perf/NOTES.md). H100 d64 fp32+fp32 kernel only, B4 H16: L8192 full 571 -> 696 TOPS,
-# causal 537 -> 579; L1024 full +9%, causal -7% (THREE_CONSUMER_WG: ping-pong off,
-# which measured faster with three).
+# (perf/NOTES.md). H100, d64 fp32+fp32, kernel only with Q quantized in it (the API's
+# path), B4 H32 (perf/tile_overhead.py): L8192 full 567 -> 620 TOPS, L1024 380 -> 392.
+# With the round-robin GEMM issue order (ping-pong over three) 680 and 408, but that
+# build spills 4 registers (the barrier ids; the k-scale index base goes to local
+# memory, one LDL per KV block): the next step. Causal (not used: it spills) was 579
+# against 537 at L8192 in an earlier spilling build, -7% at L1024.
 # Registers: QK(n) and PV(n-1) in flight together hold S (64), P (16), the fresh PV
 # accumulator (36) and O (36). Fitting 160 took: the PV(n-1) wait and promotion before
 # the softmax (promote_before_softmax; ptxas hoists that wait anyway, Note [PV wait
@@ -316,7 +319,7 @@ class AttnFwdConfigSm90:
 
 
 # Note [Three consumer warpgroups]: 160 registers need the PV(n-1) promotion before the
-# softmax; ping-pong off measured faster with three (the round robin serializes issue)
+# softmax, and leave no register for the ping-pong barrier ids (4 spills with it)
 THREE_CONSUMER_WG = dict(tile_m=192, mainloop_unroll=1, promote_before_softmax=True, wg_pingpong=False)
 
 
