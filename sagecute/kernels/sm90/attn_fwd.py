@@ -141,21 +141,19 @@ ROWSUM_COLS = 8
 # register file leaves beside the producer's 24). Each SMSP then interleaves three
 # consumer warps instead of two, which is what a latency-bound softmax needs
 # (perf/NOTES.md). H100, d64 fp32+fp32, kernel only with Q quantized in it (the API's
-# path), B4 H32 (perf/tile_overhead.py): L8192 full 567 -> 620 TOPS, L1024 380 -> 392.
-# With the round-robin GEMM issue order (ping-pong over three) 680 and 408, but that
-# build spills 4 registers (the barrier ids; the k-scale index base goes to local
-# memory, one LDL per KV block): the next step. Causal (not used: it spills) was 579
-# against 537 at L8192 in an earlier spilling build, -7% at L1024.
+# path), B4 H32 (perf/tile_overhead.py): L8192 full 567 -> 680 TOPS, L1024 380 -> 408
+# (GEMM issue in round robin over the three; without it 620 and 392).
 # Registers: QK(n) and PV(n-1) in flight together hold S (64), P (16), the fresh PV
 # accumulator (36) and O (36). Fitting 160 took: the PV(n-1) wait and promotion before
 # the softmax (promote_before_softmax; ptxas hoists that wait anyway, Note [PV wait
 # hoisting]); the stage releases after that wait (an mbarrier arrive needs a register);
-# and the thread's row/column recomputed from the thread index where they are used
-# (position_here, quantize_q) instead of held through the tile. Spill-free (the
-# compile gate) for d64 non-causal with Q quantized in the kernel, per_thread scales,
-# every PV mode and output store: that is where ``AttnFwdConfigSm90.tuned`` uses it.
-# Still spilling (4 registers, in the masked blocks or the Q-scale load): causal,
-# per_warp, int8 Q; d128 does not fit. A 192-row causal tile's diagonal crosses two
+# the thread's row/column recomputed from the thread index where they are used
+# (position_here, quantize_q) instead of held through the tile; and the ping-pong
+# barriers named by immediates behind warp-uniform branches (no id registers).
+# Spill-free (the compile gate) for d64 with Q quantized in the kernel and per_thread
+# scales, every PV mode and output store, causal too; ``AttnFwdConfigSm90.tuned``
+# uses it for non-causal (causal measured -7% at L1024, +8% at L8192 in an earlier
+# build). Still spilling (2-4 registers): per_warp, int8 Q; d128 does not fit. A 192-row causal tile's diagonal crosses two
 # 128-key blocks, so its last two blocks are masked (first_masked_block).
 
 
@@ -319,8 +317,8 @@ class AttnFwdConfigSm90:
 
 
 # Note [Three consumer warpgroups]: 160 registers need the PV(n-1) promotion before the
-# softmax, and leave no register for the ping-pong barrier ids (4 spills with it)
-THREE_CONSUMER_WG = dict(tile_m=192, mainloop_unroll=1, promote_before_softmax=True, wg_pingpong=False)
+# softmax; GEMM issue in round robin (ping-pong over three)
+THREE_CONSUMER_WG = dict(tile_m=192, mainloop_unroll=1, promote_before_softmax=True)
 
 
 class BlockCtx(NamedTuple):
@@ -1264,19 +1262,35 @@ class SageAttnFwdSm90:
     def pingpong_sync(self, wg_idx: Int32):
         """Wait for this warpgroup's turn to issue GEMMs."""
         if const_expr(self.config.wg_pingpong):
-            cute.arch.barrier(
-                barrier_id=int(NamedBarrier.WARP_SCHEDULER) + wg_idx,
-                number_of_threads=2 * self.num_threads_per_wg,
-            )
+            if const_expr(self.num_consumer_wg > 2):
+                # immediate barrier ids behind warp-uniform branches: no id register
+                # live through the mainloop (Note [Three consumer warpgroups])
+                for w in cutlass.range_constexpr(self.num_consumer_wg):
+                    if wg_idx == w:
+                        cute.arch.barrier(barrier_id=int(NamedBarrier.WARP_SCHEDULER) + w,
+                                          number_of_threads=2 * self.num_threads_per_wg)
+            else:
+                cute.arch.barrier(
+                    barrier_id=int(NamedBarrier.WARP_SCHEDULER) + wg_idx,
+                    number_of_threads=2 * self.num_threads_per_wg,
+                )
 
     @cute.jit
     def pingpong_arrive(self, wg_idx: Int32):
         """Hand the GEMM issue turn to the next consumer warpgroup (round robin)."""
         if const_expr(self.config.wg_pingpong):
-            cute.arch.barrier_arrive(
-                barrier_id=int(NamedBarrier.WARP_SCHEDULER) + (wg_idx + 1) % self.num_consumer_wg,
-                number_of_threads=2 * self.num_threads_per_wg,
-            )
+            if const_expr(self.num_consumer_wg > 2):
+                for w in cutlass.range_constexpr(self.num_consumer_wg):
+                    if wg_idx == w:
+                        cute.arch.barrier_arrive(
+                            barrier_id=int(NamedBarrier.WARP_SCHEDULER) + (w + 1) % self.num_consumer_wg,
+                            number_of_threads=2 * self.num_threads_per_wg,
+                        )
+            else:
+                cute.arch.barrier_arrive(
+                    barrier_id=int(NamedBarrier.WARP_SCHEDULER) + (wg_idx + 1) % self.num_consumer_wg,
+                    number_of_threads=2 * self.num_threads_per_wg,
+                )
 
     @cute.jit
     def overlap_step(

@@ -91,7 +91,7 @@ CONFIG_VARIANTS = {
     "rowsum_fp32": (dict(rowsum_mma=False), None),  # Note [Row sum on the tensor core] off
     # Note [Three consumer warpgroups]: what tuned() picks for d64 non-causal per_thread
     "three_wg": (THREE_CONSUMER_WG, None),
-    "three_wg_pingpong": (dict(THREE_CONSUMER_WG, wg_pingpong=True), None),  # spills 4
+    "three_wg_no_pingpong": (dict(THREE_CONSUMER_WG, wg_pingpong=False), None),
     "pf": (dict(promote_before_softmax=True), None),
 }
 
