@@ -34,7 +34,7 @@ Hardware status: the whole GPU suite (tests/*_gpu.py, 192 tests) passed on an H1
 at 3a36380 (row sum on the tensor core, three consumer warpgroups without ping-pong);
 compute-sanitizer memcheck/racecheck clean there (perf/sanitize_sm90.py). The round
 robin over three (b9c4fc5, only pingpong_sync/arrive changed): tests/test_sm90_gpu.py
-and tests/test_api_gpu.py, 63 passed.
+and tests/test_api_gpu.py, 63 passed; compute-sanitizer memcheck/racecheck clean.
 """
 
 from __future__ import annotations
