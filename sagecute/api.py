@@ -155,13 +155,15 @@ def _sm90_launch():
     return launch
 
 
-@functools.lru_cache(maxsize=16)
-def _sm90_config_after_preprocess(head_dim: int, is_causal: bool, granularity):
+@functools.lru_cache(maxsize=32)
+def _sm90_config_after_preprocess(head_dim: int, is_causal: bool, granularity, seqlen_q: int):
     """The tuned sm90 config, launched as a programmatic dependent of the K/V
     preprocessing (Note [PDL after the preprocessing] in kernels/sm90/attn_fwd.py)."""
-    from sagecute.kernels.sm90.attn_fwd import AttnFwdConfigSm90
+    from sagecute.kernels.sm90.attn_fwd import THREE_CONSUMER_WG_MIN_CAUSAL_LQ, AttnFwdConfigSm90
 
-    return AttnFwdConfigSm90.after_preprocess(head_dim, is_causal, granularity)
+    # only the side of the causal length threshold matters: a bounded cache key
+    long_q = THREE_CONSUMER_WG_MIN_CAUSAL_LQ if seqlen_q >= THREE_CONSUMER_WG_MIN_CAUSAL_LQ else 0
+    return AttnFwdConfigSm90.after_preprocess(head_dim, is_causal, granularity, long_q)
 
 
 def _run_sm90_prepared(prep: "PreparedCall", out_hnd: torch.Tensor | None = None, after_preprocess: bool = False):
@@ -186,7 +188,7 @@ def _run_sm90_prepared(prep: "PreparedCall", out_hnd: torch.Tensor | None = None
         is_causal=prep.is_causal,
         granularity=qi.granularity,
         pv_accum=qi.pv_accum,
-        config=_sm90_config_after_preprocess(dp, prep.is_causal, qi.granularity) if after_preprocess else None,
+        config=_sm90_config_after_preprocess(dp, prep.is_causal, qi.granularity, lq) if after_preprocess else None,
     )
     return out_hnd, lse
 

@@ -159,6 +159,7 @@ def test_sm90_three_consumer_warpgroups(case):
 
     cfg = AttnFwdConfigSm90(**THREE_CONSUMER_WG)
     _check(run_case(*case, config=cfg))
+    _check(run_case(*case, config=cfg, fused_q=True))  # the API's kernel
     _check(run_case(*case, config=dataclasses.replace(cfg, wg_pingpong=False), fused_q=True))
 
 

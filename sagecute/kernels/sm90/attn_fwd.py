@@ -153,8 +153,8 @@ ROWSUM_COLS = 8
 # barriers named by immediates behind warp-uniform branches (no id registers).
 # Spill-free (the compile gate) for d64 with Q quantized in the kernel and per_thread
 # scales, every PV mode and output store, causal too; ``AttnFwdConfigSm90.tuned``
-# uses it for non-causal (causal measured -7% at L1024, +8% at L8192 in an earlier
-# build). Still spilling (2-4 registers): per_warp, int8 Q; d128 does not fit. A 192-row causal tile's diagonal crosses two
+# uses it there (causal from Lq 2048: THREE_CONSUMER_WG_MIN_CAUSAL_LQ). Still spilling
+# (2-4 registers): per_warp, int8 Q; d128 does not fit. A 192-row causal tile's diagonal crosses two
 # 128-key blocks, so its last two blocks are masked (first_masked_block).
 
 
@@ -294,22 +294,28 @@ class AttnFwdConfigSm90:
         return AttnFwdConfigSm90()
 
     @staticmethod
-    def tuned(head_dim: int, is_causal: bool, granularity: QuantGranularity, fused_q: bool) -> "AttnFwdConfigSm90":
+    def tuned(
+        head_dim: int, is_causal: bool, granularity: QuantGranularity, fused_q: bool, seqlen_q: int = 0
+    ) -> "AttnFwdConfigSm90":
         """The fastest measured config for a problem: three consumer warpgroups where
         they compile without spills and were faster (Note [Three consumer warpgroups]:
-        d64 non-causal, per_thread scales, Q quantized in the kernel), else the default."""
+        d64, per_thread scales, Q quantized in the kernel; causal from Lq 2048 on),
+        else the default."""
         cfg = AttnFwdConfigSm90.default(head_dim)
-        if head_dim == 64 and not is_causal and granularity is QuantGranularity.PER_THREAD and fused_q:
-            cfg = dataclasses.replace(cfg, **THREE_CONSUMER_WG)
+        if head_dim == 64 and granularity is QuantGranularity.PER_THREAD and fused_q:
+            if not is_causal or seqlen_q >= THREE_CONSUMER_WG_MIN_CAUSAL_LQ:
+                cfg = dataclasses.replace(cfg, **THREE_CONSUMER_WG)
         return cfg
 
     @staticmethod
     def after_preprocess(
-        head_dim: int, is_causal: bool = False, granularity: QuantGranularity = QuantGranularity.PER_THREAD
+        head_dim: int, is_causal: bool = False, granularity: QuantGranularity = QuantGranularity.PER_THREAD,
+        seqlen_q: int = 0,
     ) -> "AttnFwdConfigSm90":
         """The API's (Q quantized in the kernel): ``tuned``, launched as a programmatic
         dependent of the K/V preprocessing (Note [PDL after the preprocessing])."""
-        return dataclasses.replace(AttnFwdConfigSm90.tuned(head_dim, is_causal, granularity, True), pdl=True)
+        cfg = AttnFwdConfigSm90.tuned(head_dim, is_causal, granularity, True, seqlen_q)
+        return dataclasses.replace(cfg, pdl=True)
 
     @staticmethod
     def all_configs() -> list["AttnFwdConfigSm90"]:
@@ -320,6 +326,9 @@ class AttnFwdConfigSm90:
 # Note [Three consumer warpgroups]: 160 registers need the PV(n-1) promotion before the
 # softmax; GEMM issue in round robin (ping-pong over three)
 THREE_CONSUMER_WG = dict(tile_m=192, mainloop_unroll=1, promote_before_softmax=True)
+# causal: shorter sequences lose to 192-row tiles' quantization (H100 d64 kernel only,
+# perf/causal_d64_ab.py: L1024 -8.5%, L2048 +6.5%, L8192 +8.5%, L16384 +9.5%)
+THREE_CONSUMER_WG_MIN_CAUSAL_LQ = 2048
 
 
 class BlockCtx(NamedTuple):

@@ -300,7 +300,7 @@ def _plan(q_int8, q_scale, k_int8, k_scale, v_fp8, v_scale, o, lse, is_causal, g
     ok, why = SageAttnFwdSm90.can_implement(_out_dtype(o.dtype), D, granularity, pv_accum, q_dtype)
     if not ok:
         raise ValueError(why)
-    config = config or AttnFwdConfigSm90.tuned(D, is_causal, granularity, q_dtype is not cutlass.Int8)
+    config = config or AttnFwdConfigSm90.tuned(D, is_causal, granularity, q_dtype is not cutlass.Int8, Lq)
     config = _fit_o_store(config, o)
     key = _compile_key(o.dtype, D, is_causal, granularity, pv_accum, lse is not None, config, q_dtype)
     return _LaunchPlan(key, _num_sms(o.device.index or 0) if config.persistent else 2**30)
@@ -418,6 +418,12 @@ def all_variants(quick: bool = False):
                 # launched after the preprocessing (Note [PDL after the preprocessing])
                 yield (cutlass.BFloat16, head_dim, is_causal, gran, PvAccum.FP32_FP32, True,
                        AttnFwdConfigSm90.after_preprocess(head_dim, is_causal, gran), cutlass.BFloat16)
+                if is_causal and not quick and AttnFwdConfigSm90.after_preprocess(
+                    head_dim, True, gran, 1 << 20
+                ) != AttnFwdConfigSm90.after_preprocess(head_dim, True, gran):
+                    # long causal sequences (Note [Three consumer warpgroups])
+                    yield (cutlass.BFloat16, head_dim, is_causal, gran, PvAccum.FP32_FP32, True,
+                           AttnFwdConfigSm90.after_preprocess(head_dim, True, gran, 1 << 20), cutlass.BFloat16)
                 if not quick:  # pre-quantized Q: direct attn_fwd_sm90 callers (tests, bench, smoke)
                     yield (cutlass.BFloat16, head_dim, is_causal, gran, PvAccum.FP32_FP32, True,
                            AttnFwdConfigSm90.default(head_dim))
