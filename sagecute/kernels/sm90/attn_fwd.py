@@ -35,6 +35,7 @@ at 3a36380 (row sum on the tensor core, three consumer warpgroups without ping-p
 compute-sanitizer memcheck/racecheck clean there (perf/sanitize_sm90.py). The round
 robin over three (b9c4fc5, only pingpong_sync/arrive changed): tests/test_sm90_gpu.py
 and tests/test_api_gpu.py, 63 passed; compute-sanitizer memcheck/racecheck clean.
+Causal d64 with three warpgroups from Lq 2048 (6141bdb): the same two files, 63 passed.
 """
 
 from __future__ import annotations
