@@ -85,6 +85,10 @@ def test_checks_still_run_with_a_cached_plan(calls):
     bad["lse"] = torch.empty(1, 4, 99)
     with pytest.raises(ValueError, match="lse must be"):
         _run(bad)
+    bad = _args()
+    bad["q_scale"] = None  # int8 q needs its scales
+    with pytest.raises(ValueError, match="q_scale is None but q is int8"):
+        _run(bad)
     assert len(calls["launches"]) == 1
 
 

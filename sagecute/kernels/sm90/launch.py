@@ -220,6 +220,9 @@ def _check_layouts(q_int8, q_scale, k_int8, k_scale, v_fp8, v_scale, o, lse) -> 
     want = {"k_int8": (k_int8, torch.int8), "v_fp8": (v_fp8, torch.float8_e4m3fn),
             "k_scale": (k_scale, torch.float32), "v_scale": (v_scale, torch.float32)}
     if q_scale is None:  # fused Q quantization: q is bf16/fp16
+        if q_int8.dtype == torch.int8:
+            raise ValueError("q_scale is None but q is int8: pass its fp32 q_scale [B,Hq,nq], "
+                             "or a bf16/fp16 q for the kernel to quantize")
         want["q"] = (q_int8, q_int8.dtype if q_int8.dtype in (torch.bfloat16, torch.float16) else torch.bfloat16)
     else:
         want.update(q_int8=(q_int8, torch.int8), q_scale=(q_scale, torch.float32))
