@@ -469,7 +469,8 @@ def sageattn_reference(
     """Emulate, step by step, the quantized attention ``arch``'s kernel computes.
 
     ``arch``: "sm90" (INT8 QK, FP8 PV; tiles 128x128, per-thread scales by
-    the WGMMA fragment, softmax denominator from the e4m3 P), "sm89" (SageAttention2's 128x64 geometry), "sm100" /
+    the WGMMA fragment, softmax denominator from the e4m3 P), "sm89"
+    (SageAttention2's 128x64 geometry), "sm100" /
     "sm120" (NVFP4 Q, K, P, V with Sage3's two-level P scaling; ``smooth_q``
     adds the per-128-row Q mean back through ``delta_s``).
     ``rowsum_p8``: INT8/FP8 archs only, the softmax denominator from the e4m3 P (the

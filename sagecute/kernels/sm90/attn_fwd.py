@@ -155,8 +155,9 @@ ROWSUM_COLS = 8
 # Spill-free (the compile gate) for d64 with Q quantized in the kernel and per_thread
 # scales, every PV mode and output store, causal too; ``AttnFwdConfigSm90.tuned``
 # uses it there (causal from Lq 2048: THREE_CONSUMER_WG_MIN_CAUSAL_LQ). Still spilling
-# (2-4 registers): per_warp, int8 Q; d128 does not fit. A 192-row causal tile's diagonal crosses two
-# 128-key blocks, so its last two blocks are masked (first_masked_block).
+# (2-4 registers): per_warp, int8 Q; d128 does not fit. A 192-row causal tile's
+# diagonal crosses two 128-key blocks, so its last two blocks are masked
+# (first_masked_block).
 
 
 # Note [PDL after the preprocessing]
@@ -1273,35 +1274,30 @@ class SageAttnFwdSm90:
     def pingpong_sync(self, wg_idx: Int32):
         """Wait for this warpgroup's turn to issue GEMMs."""
         if const_expr(self.config.wg_pingpong):
-            if const_expr(self.num_consumer_wg > 2):
-                # immediate barrier ids behind warp-uniform branches: no id register
-                # live through the mainloop (Note [Three consumer warpgroups])
-                for w in cutlass.range_constexpr(self.num_consumer_wg):
-                    if wg_idx == w:
-                        cute.arch.barrier(barrier_id=int(NamedBarrier.WARP_SCHEDULER) + w,
-                                          number_of_threads=2 * self.num_threads_per_wg)
-            else:
-                cute.arch.barrier(
-                    barrier_id=int(NamedBarrier.WARP_SCHEDULER) + wg_idx,
-                    number_of_threads=2 * self.num_threads_per_wg,
-                )
+            self.scheduler_barrier(wg_idx, 0, arrive=False)
 
     @cute.jit
     def pingpong_arrive(self, wg_idx: Int32):
         """Hand the GEMM issue turn to the next consumer warpgroup (round robin)."""
         if const_expr(self.config.wg_pingpong):
-            if const_expr(self.num_consumer_wg > 2):
-                for w in cutlass.range_constexpr(self.num_consumer_wg):
-                    if wg_idx == w:
-                        cute.arch.barrier_arrive(
-                            barrier_id=int(NamedBarrier.WARP_SCHEDULER) + (w + 1) % self.num_consumer_wg,
-                            number_of_threads=2 * self.num_threads_per_wg,
-                        )
-            else:
-                cute.arch.barrier_arrive(
-                    barrier_id=int(NamedBarrier.WARP_SCHEDULER) + (wg_idx + 1) % self.num_consumer_wg,
-                    number_of_threads=2 * self.num_threads_per_wg,
-                )
+            self.scheduler_barrier(wg_idx, 1, arrive=True)
+
+    @cute.jit
+    def scheduler_barrier(self, wg_idx: Int32, shift: cutlass.Constexpr[int], arrive: cutlass.Constexpr[bool]):
+        """Sync on / arrive at the ping-pong barrier of consumer warpgroup
+        ``(wg_idx + shift) % num_consumer_wg``."""
+        op = cute.arch.barrier_arrive if const_expr(arrive) else cute.arch.barrier
+        n = self.num_consumer_wg
+        if const_expr(n > 2):
+            # immediate barrier ids behind warp-uniform branches: no id register live
+            # through the mainloop (Note [Three consumer warpgroups])
+            for w in cutlass.range_constexpr(n):
+                if wg_idx == w:
+                    op(barrier_id=int(NamedBarrier.WARP_SCHEDULER) + (w + shift) % n,
+                       number_of_threads=2 * self.num_threads_per_wg)
+        else:
+            op(barrier_id=int(NamedBarrier.WARP_SCHEDULER) + ((wg_idx + shift) % n if const_expr(shift) else wg_idx),
+               number_of_threads=2 * self.num_threads_per_wg)
 
     @cute.jit
     def overlap_step(

@@ -23,7 +23,7 @@ from typing import Optional
 import cutlass
 import cutlass.cute as cute
 
-from sagecute.kernels.sm90.attn_fwd import AttnFwdConfigSm90, SageAttnFwdSm90
+from sagecute.kernels.sm90.attn_fwd import THREE_CONSUMER_WG_MIN_CAUSAL_LQ, AttnFwdConfigSm90, SageAttnFwdSm90
 from sagecute.launch_path import LaunchPath, tvm_ffi_available  # noqa: F401 - re-exported for tests
 from sagecute.plan_cache import cached_plan
 from sagecute.quant_layout import (
@@ -418,15 +418,13 @@ def all_variants(quick: bool = False):
                 if quick and (gran is QuantGranularity.PER_WARP or is_causal == (head_dim == 128)):
                     continue
                 # the API's path: Q quantized in the kernel (Note [Fused Q quantization]),
-                # launched after the preprocessing (Note [PDL after the preprocessing])
-                yield (cutlass.BFloat16, head_dim, is_causal, gran, PvAccum.FP32_FP32, True,
-                       AttnFwdConfigSm90.after_preprocess(head_dim, is_causal, gran), cutlass.BFloat16)
-                if is_causal and not quick and AttnFwdConfigSm90.after_preprocess(
-                    head_dim, True, gran, 1 << 20
-                ) != AttnFwdConfigSm90.after_preprocess(head_dim, True, gran):
-                    # long causal sequences (Note [Three consumer warpgroups])
-                    yield (cutlass.BFloat16, head_dim, is_causal, gran, PvAccum.FP32_FP32, True,
-                           AttnFwdConfigSm90.after_preprocess(head_dim, True, gran, 1 << 20), cutlass.BFloat16)
+                # launched after the preprocessing (Note [PDL after the preprocessing]);
+                # short and long sequences where the tuned config differs (causal d64)
+                lengths = (0,) if quick else (0, THREE_CONSUMER_WG_MIN_CAUSAL_LQ)
+                configs = {AttnFwdConfigSm90.after_preprocess(head_dim, is_causal, gran, lq): None for lq in lengths}
+                for cfg in configs:
+                    yield (cutlass.BFloat16, head_dim, is_causal, gran, PvAccum.FP32_FP32, True, cfg,
+                           cutlass.BFloat16)
                 if not quick:  # pre-quantized Q: direct attn_fwd_sm90 callers (tests, bench, smoke)
                     yield (cutlass.BFloat16, head_dim, is_causal, gran, PvAccum.FP32_FP32, True,
                            AttnFwdConfigSm90.default(head_dim))
