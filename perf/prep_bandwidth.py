@@ -2,7 +2,8 @@
 (``quantize_qkv_cute(with_q=False)``, the API's) against the device-to-device copy rate
 measured in the same run, for each count of stashed blocks (Note [Stashed blocks]).
 
-    python perf/prep_bandwidth.py [--stash auto,0,1] [--L 1024,8192,16384] [--D 128,64]
+    python perf/prep_bandwidth.py [--stash auto,0,1,16s1] [--L 1024,8192,16384] [--D 128,64]
+    python perf/prep_bandwidth.py --ncu-one --L 1024 --D 128   # one call per shape, for ncu
 
 Bytes counted once: K and V read (bf16), K int8 + V fp8 written (scales and the mean
 are < 1%). Times: CUDA graph of 20 calls, best of 3 (the copy: a plain loop; a
@@ -26,29 +27,41 @@ from sagecute.quant_layout import QuantGranularity  # noqa: E402
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--stash", default="auto,0,1")
+    p.add_argument("--stash", default="auto,0,1",
+                   help="stashed blocks per split; 'SsN' pins splits S and stash N (e.g. 4s1, 16s2)")
     p.add_argument("--L", default="1024,8192,16384")
     p.add_argument("--D", default="128,64")
     p.add_argument("--B", type=int, default=4)
     p.add_argument("--H", type=int, default=32)
+    p.add_argument("--ncu-one", action="store_true", help="each (D, L) once after a warm-up call, no timing (for ncu)")
     args = p.parse_args()
+    if args.ncu_one:
+        for d in (int(x) for x in args.D.split(",")):
+            for length in (int(x) for x in args.L.split(",")):
+                q, k, v = (torch.randn(args.B, args.H, length, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+                for _ in range(2):
+                    kern.quantize_qkv_cute(q, k, v, GRAN, True, with_q=False)
+                torch.cuda.synchronize()
+        return
     src = torch.empty(1024 * 2**20, dtype=torch.uint8, device="cuda")
     dst = torch.empty_like(src)
     copy_tbs = 2 * src.numel() / loop_ms(lambda: dst.copy_(src)) / 1e9
     print(f"{torch.cuda.get_device_name()}: device-to-device copy {copy_tbs:.2f} TB/s")
-    auto = kern.stash_for
+    auto, auto_splits = kern.stash_for, kern.splits_for
     for d in (int(x) for x in args.D.split(",")):
         for length in (int(x) for x in args.L.split(",")):
             q, k, v = (torch.randn(args.B, args.H, length, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
             traffic = (k.numel() + v.numel()) * 3  # bf16 in, 1-byte out
             for stash in args.stash.split(","):
-                kern.stash_for = auto if stash == "auto" else (lambda *a, n=int(stash): n)
+                splits, _, n = stash.rpartition("s")
+                kern.splits_for = auto_splits if not splits else (lambda *a, c=int(splits): c)
+                kern.stash_for = auto if n == "auto" else (lambda *a, n=int(n): n)
                 kern._QKV_PLANS.clear()
                 us = graph_ms(lambda: kern.quantize_qkv_cute(q, k, v, GRAN, True, with_q=False)) * 1e3
                 tbs = traffic / us / 1e6
-                print(f"  D{d} L{length:6d} stash {stash:4s}: {us:8.1f} us {tbs:5.2f} TB/s = {tbs / copy_tbs:4.0%} of copy",
-                      flush=True)
-            kern.stash_for = auto
+                print(f"  D{d} L{length:6d} stash {stash:4s}: {us:8.1f} us {tbs:5.2f} TB/s = "
+                      f"{tbs / copy_tbs:4.0%} of copy", flush=True)
+            kern.stash_for, kern.splits_for = auto, auto_splits
 
 
 GRAN = QuantGranularity.PER_THREAD

@@ -47,7 +47,7 @@ def test_ptx_uses_exact_arithmetic(tmp_path):
         assert ptx[".local"] == 0, f"{name}: local memory (spills or stack arrays)"
         assert ptx["ld.global.v4"] >= 1, f"{name}: no 16-byte loads"
         if "int8" in name:
-            assert ptx["cvt.rni.f32.f32"] >= 8 and ptx["st.global.v2"] >= 1, name
+            assert ptx["cvt.rni.sat.s8.f32"] >= 8 and ptx["st.global.v2"] >= 1, name
         if "v_fp8" in name:
             assert ptx["cvt.rn.satfinite.e4m3x2.f32"] >= 8 and ptx["st.global.v4"] >= 1, name
 

@@ -11,9 +11,21 @@ compiler's choice of lowering:
 
 * ``127 / amax``, ``amax / 127``, ``448 / amax``: ``div.rn.f32`` (IEEE, like
   torch's CUDA division), never ``div.approx``/``div.full`` or a reciprocal.
-* ``round(x)``: ``cvt.rni.f32.f32`` (round half to even, like ``torch.round``).
+* ``clamp(round(x), -127, 127)``: ``cvt.rni.sat.s8.f32`` (round half to even, like
+  ``torch.round``; Note [int8 rounding in one conversion]).
 * ``e4m3(x)``: ``cvt.rn.satfinite.e4m3x2.f32`` (RNE, saturating at +-448, like
   the reference's clamp-then-cast).
+
+Note [int8 rounding in one conversion]
+--------------------------------------
+``cvt.rni.sat.s8.f32`` rounds half to even and saturates to [-128, 127]: one F2I
+instead of round, two clamps and a conversion, and three PRMTs pack four results
+instead of an AND, a shift and an OR each. It equals the reference's
+``clamp(round(x * inv), -127, 127)`` because ``|x| <= amax`` and ``inv = 127 / amax``
+(IEEE) keep ``|x * inv| <= 127 (1 + 2^-23)``, which rounds to at most 127: -128 is never
+produced. (A NaN input becomes 0, not -127; NaN has no defined int8 in the reference
+either.) The Q tile's quantization inside the attention kernel and the K/Q
+preprocessing share these helpers.
 
 Careful with torch oracles: ``127.0 / t`` in torch is ``t.reciprocal() * 127``
 and, on CUDA, ``t / 127.0`` is ``t * fl(1/127)``; neither is the IEEE quotient
@@ -52,18 +64,6 @@ def div_rn(a, b, *, loc=None, ip=None) -> Float32:
 
 
 @dsl_user_op
-def round_even(a, *, loc=None, ip=None) -> Float32:
-    """Round to the nearest integer, ties to even, staying in fp32."""
-    return Float32(_asm(T.f32(), "cvt.rni.f32.f32 $0, $1;", "=f,f", [Float32(a).ir_value(loc=loc, ip=ip)]))
-
-
-@dsl_user_op
-def f32_to_s32(a, *, loc=None, ip=None) -> Int32:
-    """Exact conversion of an integral fp32 value to int32."""
-    return Int32(_asm(T.i32(), "cvt.rzi.s32.f32 $0, $1;", "=r,f", [Float32(a).ir_value(loc=loc, ip=ip)]))
-
-
-@dsl_user_op
 def pack_e4m3x4(x0, x1, x2, x3, *, loc=None, ip=None) -> Int32:
     """Four fp32 -> four e4m3 (RNE, satfinite) in one 32-bit word, ``x0`` in byte 0.
 
@@ -82,19 +82,24 @@ def pack_e4m3x4(x0, x1, x2, x3, *, loc=None, ip=None) -> Int32:
     )
 
 
-def quantize_int8(x: Float32, inv: Float32) -> Int32:
-    """``clamp(round_even(x * inv), -127, 127)`` as an int32. Rounding before the clamp
-    equals the reference's order because the bounds are integers."""
-    r = round_even(x * inv)
-    return f32_to_s32(cute.arch.fmin(cute.arch.fmax(r, Float32(-127.0)), Float32(127.0)))
-
-
-def quantize_int8x4(x0: Float32, x1: Float32, x2: Float32, x3: Float32, inv: Float32) -> Int32:
-    """``quantize_int8`` of four values packed as int8x4 (``x0`` in byte 0)."""
-    word = Int32(0)
-    for i, x in enumerate((x0, x1, x2, x3)):
-        word = word | ((quantize_int8(x, inv) & Int32(0xFF)) << Int32(8 * i))
-    return word
+@dsl_user_op
+def quantize_int8x4(x0, x1, x2, x3, inv, *, loc=None, ip=None) -> Int32:
+    """``clamp(round_even(x * inv), -127, 127)`` of four values, packed as int8x4
+    (``x0`` in byte 0): one saturating conversion each (Note [int8 rounding in one
+    conversion])."""
+    xs = [(Float32(v) * Float32(inv)).ir_value(loc=loc, ip=ip) for v in (x0, x1, x2, x3)]
+    return Int32(
+        _asm(
+            T.i32(),
+            "{\n\t.reg .b32 a, b, c, d, lo, hi;\n\t"
+            "cvt.rni.sat.s8.f32 a, $1;\n\tcvt.rni.sat.s8.f32 b, $2;\n\t"
+            "cvt.rni.sat.s8.f32 c, $3;\n\tcvt.rni.sat.s8.f32 d, $4;\n\t"
+            "prmt.b32 lo, a, b, 0x0040;\n\tprmt.b32 hi, c, d, 0x0040;\n\t"
+            "prmt.b32 $0, lo, hi, 0x5410;\n\t}",
+            "=r,f,f,f,f",
+            xs,
+        )
+    )
 
 
 def warp_max_bfly(x: Float32, lanes_mask: int) -> Float32:

@@ -59,7 +59,7 @@ from cutlass.cute.nvgpu.warp import StMatrix8x8x16bOp
 from sagecute.kernels.common import softmax as softmax_utils
 from sagecute.kernels.common import wgmma
 from sagecute.kernels.common.tile_scheduler import StaticTileScheduler
-from sagecute.kernels.common.quant_math import div_rn, quantize_int8, recompute_here, warp_max_bfly
+from sagecute.kernels.common.quant_math import div_rn, quantize_int8x4, recompute_here, warp_max_bfly
 from sagecute.quant_layout import (
     FUSED_Q_GRANULARITIES,
     INT8_AMAX_FLOOR,
@@ -958,14 +958,14 @@ class SageAttnFwdSm90:
         inv = div_rn(Float32(INT8_MAX), amax)
         # int8 elements copied into the swizzled view (one STS.64 per vector): recasting
         # that view to Int32 put rows other than 0 at the wrong addresses
-        q8 = cute.make_rmem_tensor(cute.make_layout(8), cutlass.Int8)
+        q8 = cute.make_rmem_tensor(cute.make_layout(2), Int32)  # 8 int8, packed
         for r in cutlass.range_constexpr(2):
             for j in cutlass.range_constexpr(n_vec):
                 x = rX[None, r, j].load().to(Float32)
-                for e in cutlass.range_constexpr(8):
-                    q8[e] = quantize_int8(x[e], inv).to(cutlass.Int8)
+                for w in cutlass.range_constexpr(2):
+                    q8[w] = quantize_int8x4(x[4 * w], x[4 * w + 1], x[4 * w + 2], x[4 * w + 3], inv)
                 dst = cute.local_tile(sQ[row + 8 * r, None], (8,), (col0 // 8 + 4 * j,))
-                cute.autovec_copy(q8, dst)
+                cute.autovec_copy(cute.recast_tensor(q8, cutlass.Int8), dst)
         # the QK WGMMAs (async proxy) read what these generic stores wrote
         cute.arch.fence_proxy("async.shared", space="cta")
         cute.arch.barrier(barrier_id=int(NamedBarrier.Q_QUANT) + wg_idx, number_of_threads=self.num_threads_per_wg)

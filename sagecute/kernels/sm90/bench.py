@@ -92,6 +92,8 @@ CONFIG_VARIANTS = {
     # Note [Three consumer warpgroups]: what tuned() picks for d64 non-causal per_thread
     "three_wg": (THREE_CONSUMER_WG, None),
     "three_wg_no_pingpong": (dict(THREE_CONSUMER_WG, wg_pingpong=False), None),
+    "three_wg_poly8": (dict(THREE_CONSUMER_WG, exp2_poly_every=8), None),
+    "three_wg_poly4": (dict(THREE_CONSUMER_WG, exp2_poly_every=4), None),
     "pf": (dict(promote_before_softmax=True), None),
 }
 
