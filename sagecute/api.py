@@ -155,15 +155,19 @@ def _sm90_launch():
     return launch
 
 
-@functools.lru_cache(maxsize=32)
 def _sm90_config_after_preprocess(head_dim: int, is_causal: bool, granularity, seqlen_q: int):
     """The tuned sm90 config, launched as a programmatic dependent of the K/V
     preprocessing (Note [PDL after the preprocessing] in kernels/sm90/attn_fwd.py)."""
-    from sagecute.kernels.sm90.attn_fwd import THREE_CONSUMER_WG_MIN_CAUSAL_LQ, AttnFwdConfigSm90
+    from sagecute.kernels.sm90.attn_fwd import AttnFwdConfigSm90
 
-    # only the side of the causal length threshold matters: a bounded cache key
-    long_q = THREE_CONSUMER_WG_MIN_CAUSAL_LQ if seqlen_q >= THREE_CONSUMER_WG_MIN_CAUSAL_LQ else 0
-    return AttnFwdConfigSm90.after_preprocess(head_dim, is_causal, granularity, long_q)
+    return _sm90_config_of_class(head_dim, is_causal, granularity, AttnFwdConfigSm90.length_class(seqlen_q))
+
+
+@functools.lru_cache(maxsize=32)
+def _sm90_config_of_class(head_dim: int, is_causal: bool, granularity, length_class: int):
+    from sagecute.kernels.sm90.attn_fwd import AttnFwdConfigSm90
+
+    return AttnFwdConfigSm90.after_preprocess(head_dim, is_causal, granularity, length_class)
 
 
 def _run_sm90_prepared(prep: "PreparedCall", out_hnd: torch.Tensor | None = None, after_preprocess: bool = False):

@@ -36,23 +36,24 @@ def _arch_sm90():
 
 def _variants():
     from sagecute.kernels.sm90.attn_fwd import AttnFwdConfigSm90
+    from sagecute.kernels.sm90.launch import Sm90Variant as V
 
     T, W = QuantGranularity.PER_THREAD, QuantGranularity.PER_WARP
     cfg = AttnFwdConfigSm90()
     return [
-        (cutlass.BFloat16, 128, False, T, PvAccum.FP32_FP32, True, cfg),
-        (cutlass.BFloat16, 128, True, W, PvAccum.FP32_FP32, False, cfg),
-        (cutlass.Float16, 64, True, T, PvAccum.FP32_FP32, True, cfg),
-        (cutlass.BFloat16, 64, False, W, PvAccum.FP32, False, cfg),
+        V(cutlass.BFloat16, 128, False, T, PvAccum.FP32_FP32, True, cfg),
+        V(cutlass.BFloat16, 128, True, W, PvAccum.FP32_FP32, False, cfg),
+        V(cutlass.Float16, 64, True, T, PvAccum.FP32_FP32, True, cfg),
+        V(cutlass.BFloat16, 64, False, W, PvAccum.FP32, False, cfg),
         # Q quantized in the kernel (Note [Fused Q quantization]): the API's path
-        (cutlass.BFloat16, 128, False, T, PvAccum.FP32_FP32, True, cfg, cutlass.BFloat16),
-        (cutlass.Float16, 64, True, W, PvAccum.FP32_FP32, False, cfg, cutlass.Float16),
+        V(cutlass.BFloat16, 128, False, T, PvAccum.FP32_FP32, True, cfg, cutlass.BFloat16),
+        V(cutlass.Float16, 64, True, W, PvAccum.FP32_FP32, False, cfg, cutlass.Float16),
         # the API's launch after the preprocessing (PDL), fp16 PV accumulators
-        (cutlass.BFloat16, 128, True, T, PvAccum.FP32_FP16, True, dataclasses.replace(cfg, pdl=True),
-         cutlass.BFloat16),
+        V(cutlass.BFloat16, 128, True, T, PvAccum.FP32_FP16, True, dataclasses.replace(cfg, pdl=True),
+          cutlass.BFloat16),
         # three consumer warpgroups at 160 registers (Note [Three consumer warpgroups])
-        (cutlass.BFloat16, 64, True, T, PvAccum.FP32, False, dataclasses.replace(cfg, tile_m=192, mainloop_unroll=1),
-         cutlass.BFloat16),
+        V(cutlass.BFloat16, 64, True, T, PvAccum.FP32, False, dataclasses.replace(cfg, tile_m=192, mainloop_unroll=1),
+          cutlass.BFloat16),
     ]
 
 
@@ -68,7 +69,7 @@ def test_sm90_compiles_without_spills(variant, tmp_path):
     if "error" in raw:
         pytest.skip(f"nvdisasm unavailable: {raw['error']}")
     s = r.summary["sass"]
-    head_dim = v[1]
+    head_dim = v.head_dim
     assert s["IGMMA"] > 0 and s["IGMMA"] % (head_dim // 32) == 0, s  # k32 steps over D
     assert s["QGMMA"] > 0 and s["QGMMA"] % 4 == 0, s  # tile_n 128 = 4 k32 steps
     assert s["HGMMA"] == 0, s
@@ -77,8 +78,8 @@ def test_sm90_compiles_without_spills(variant, tmp_path):
     assert s["USETMAXREG"] == 2, s
     assert r.summary["spills"] == 0 and r.summary["local_bytes"] == 0, r.summary
     assert r.summary["smem_bytes"] <= 227 * 1024
-    if len(v) > 7:  # fused Q: 16-byte bf16 reads of the Q tile
-        assert raw["LDS.128"] >= 2 * (v[1] // 32), raw
+    if v.q_dtype is not cutlass.Int8:  # fused Q: 16-byte bf16 reads of the Q tile
+        assert raw["LDS.128"] >= 2 * (head_dim // 32), raw
 
 
 def test_sm90_can_implement():

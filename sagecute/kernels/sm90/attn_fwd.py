@@ -310,6 +310,17 @@ class AttnFwdConfigSm90:
         return cfg
 
     @staticmethod
+    def length_class(seqlen_q: int) -> int:
+        """The representative query length of ``seqlen_q``'s class: ``tuned`` picks the
+        same config for every length of a class (callers key caches by it)."""
+        return THREE_CONSUMER_WG_MIN_CAUSAL_LQ if seqlen_q >= THREE_CONSUMER_WG_MIN_CAUSAL_LQ else 0
+
+    @staticmethod
+    def length_classes() -> tuple[int, ...]:
+        """Every ``length_class`` (the compile list builds one config per class)."""
+        return (0, THREE_CONSUMER_WG_MIN_CAUSAL_LQ)
+
+    @staticmethod
     def after_preprocess(
         head_dim: int, is_causal: bool = False, granularity: QuantGranularity = QuantGranularity.PER_THREAD,
         seqlen_q: int = 0,
@@ -886,7 +897,8 @@ class SageAttnFwdSm90:
                 cute.arch.griddepcontrol_wait()  # K/V scales come from the preprocessing
             qk_scale_log2 = q_scale * softmax_scale_log2
             row_max.fill(-Float32.inf)
-            row_sum.fill(0.0)
+            if const_expr(not self.rowsum_mma):
+                row_sum.fill(0.0)  # else finish_row_sum reads it off the PV accumulator
             acc_O.fill(0.0)
 
             ctx = BlockCtx(

@@ -18,12 +18,12 @@ import functools
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, NamedTuple, Optional
 
 import cutlass
 import cutlass.cute as cute
 
-from sagecute.kernels.sm90.attn_fwd import THREE_CONSUMER_WG_MIN_CAUSAL_LQ, AttnFwdConfigSm90, SageAttnFwdSm90
+from sagecute.kernels.sm90.attn_fwd import AttnFwdConfigSm90, SageAttnFwdSm90
 from sagecute.launch_path import LaunchPath, tvm_ffi_available  # noqa: F401 - re-exported for tests
 from sagecute.plan_cache import cached_plan
 from sagecute.quant_layout import (
@@ -396,6 +396,19 @@ class CompileResult:
         return self.problem
 
 
+class Sm90Variant(NamedTuple):
+    """One compiled kernel of the compile list (``all_variants``, ``compile_one_to_cubin``)."""
+
+    out_dtype: Any  # cutlass.BFloat16 / Float16 (or the torch dtype)
+    head_dim: int
+    is_causal: bool
+    granularity: QuantGranularity
+    pv_accum: PvAccum
+    has_lse: bool
+    config: AttnFwdConfigSm90
+    q_dtype: Any = cutlass.Int8  # Int8: pre-quantized Q; bf16/fp16: Q quantized in the kernel
+
+
 def variant_name(out_dtype, head_dim, is_causal, granularity, pv_accum, has_lse, config, q_dtype=cutlass.Int8) -> str:
     default = AttnFwdConfigSm90.default(head_dim)
     tweaks = "".join(
@@ -420,18 +433,18 @@ def all_variants(quick: bool = False):
                 # the API's path: Q quantized in the kernel (Note [Fused Q quantization]),
                 # launched after the preprocessing (Note [PDL after the preprocessing]);
                 # short and long sequences where the tuned config differs (causal d64)
-                lengths = (0,) if quick else (0, THREE_CONSUMER_WG_MIN_CAUSAL_LQ)
+                lengths = (0,) if quick else AttnFwdConfigSm90.length_classes()
                 configs = {AttnFwdConfigSm90.after_preprocess(head_dim, is_causal, gran, lq): None for lq in lengths}
                 for cfg in configs:
-                    yield (cutlass.BFloat16, head_dim, is_causal, gran, PvAccum.FP32_FP32, True, cfg,
-                           cutlass.BFloat16)
+                    yield Sm90Variant(cutlass.BFloat16, head_dim, is_causal, gran, PvAccum.FP32_FP32, True, cfg,
+                                      cutlass.BFloat16)
                 if not quick:  # pre-quantized Q: direct attn_fwd_sm90 callers (tests, bench, smoke)
-                    yield (cutlass.BFloat16, head_dim, is_causal, gran, PvAccum.FP32_FP32, True,
-                           AttnFwdConfigSm90.default(head_dim))
+                    yield Sm90Variant(cutlass.BFloat16, head_dim, is_causal, gran, PvAccum.FP32_FP32, True,
+                                      AttnFwdConfigSm90.default(head_dim))
     if not quick:  # the other PV accumulations (Note [fp32+fp16 on sm90])
         for pv in (PvAccum.FP32_FP16, PvAccum.FP32):
-            yield (cutlass.BFloat16, 128, False, QuantGranularity.PER_THREAD, pv, True,
-                   AttnFwdConfigSm90.after_preprocess(128), cutlass.BFloat16)
+            yield Sm90Variant(cutlass.BFloat16, 128, False, QuantGranularity.PER_THREAD, pv, True,
+                              AttnFwdConfigSm90.after_preprocess(128), cutlass.BFloat16)
 
 
 def _summary(sass: dict, kernel: SageAttnFwdSm90) -> dict:
@@ -445,7 +458,7 @@ def _summary(sass: dict, kernel: SageAttnFwdSm90) -> dict:
     }
 
 
-def compile_one_to_cubin(variant, out_dir: str) -> CompileResult:
+def compile_one_to_cubin(variant: Sm90Variant, out_dir: str) -> CompileResult:
     """Compile one variant from fake tensors, keep its PTX/cubin in ``out_dir/<name>/``
     and summarise the SASS (``sass_report.summarize_cubin``)."""
     from sagecute.kernels.common import sass_report
@@ -455,8 +468,8 @@ def compile_one_to_cubin(variant, out_dir: str) -> CompileResult:
     os.makedirs(vdir, exist_ok=True)
     t0 = time.time()
     try:
-        out_dtype, head_dim, is_causal, gran, pv, has_lse, config = variant[:7]
-        q_dtype = _q_dtype(variant[7]) if len(variant) > 7 else cutlass.Int8
+        out_dtype, head_dim, is_causal, gran, pv, has_lse, config, q_dtype = Sm90Variant(*variant)
+        q_dtype = _q_dtype(q_dtype)
         kernel = SageAttnFwdSm90(_out_dtype(out_dtype), head_dim, is_causal, gran, pv, has_lse, config, q_dtype)
         args = _fake_args(_out_dtype(out_dtype), head_dim, has_lse, o_div=_o_stride_div(config), q_dtype=q_dtype)
         with sass_report.keep_artifacts(vdir):
