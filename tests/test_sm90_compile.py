@@ -130,3 +130,17 @@ def test_sm90_tvm_ffi_entry_compiles():
         cutlass.BFloat16, 128, True, QuantGranularity.PER_THREAD, PvAccum.FP32_FP32, True, AttnFwdConfigSm90()
     )
     assert fn is not None
+
+
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_length_class_picks_the_same_config(head_dim, is_causal):
+    """The API caches configs by ``AttnFwdConfigSm90.length_class``: a class's
+    representative must get the config of every length in the class."""
+    from sagecute.kernels.sm90.attn_fwd import AttnFwdConfigSm90 as C
+
+    assert set(C.length_class(n) for n in range(0, 70000, 97)) <= set(C.length_classes())
+    for gran in QuantGranularity:
+        for lq in (1, 17, 1000, 2047, 2048, 2049, 8192, 100000):
+            rep = C.length_class(lq)
+            assert C.after_preprocess(head_dim, is_causal, gran, lq) == C.after_preprocess(head_dim, is_causal, gran, rep)
