@@ -31,11 +31,9 @@ Limits: head_dim 64 or 128; Lq, Lk >= 1 arbitrary; V padded to a multiple of til
 j <= i). Scale layouts: ``quant_layout.SM90_GEOMETRY`` (per_thread, per_warp, per_block).
 
 Hardware status: the whole GPU suite (tests/*_gpu.py, 192 tests) passed on an H100
-at 3a36380 (row sum on the tensor core, three consumer warpgroups without ping-pong);
-compute-sanitizer memcheck/racecheck clean there (perf/sanitize_sm90.py). The round
-robin over three (b9c4fc5, only pingpong_sync/arrive changed): tests/test_sm90_gpu.py
-and tests/test_api_gpu.py, 63 passed; compute-sanitizer memcheck/racecheck clean.
-Causal d64 with three warpgroups from Lq 2048 (6141bdb): the same two files, 63 passed.
+at e505c2a (and at 370ddb8, the one-conversion int8 rounding of the Q tile);
+compute-sanitizer memcheck (device errors; the DSL's host cuGetProcAddress probe is
+reported as an API error) and racecheck clean at 99829d6 (perf/sanitize_sm90.py).
 """
 
 from __future__ import annotations
