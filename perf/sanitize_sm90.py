@@ -1,6 +1,10 @@
 """A handful of sm90 calls for compute-sanitizer (memcheck / racecheck).
 
-    compute-sanitizer --tool memcheck python perf/sanitize_sm90.py
+    compute-sanitizer --tool memcheck --report-api-errors no python perf/sanitize_sm90.py
+    compute-sanitizer --tool racecheck python perf/sanitize_sm90.py
+
+(``--report-api-errors no``: CuTe DSL probes the driver with cuGetProcAddress while it
+detects the GPU, which memcheck otherwise counts as errors; they are not the kernels'.)
 
 Small shapes that hit the edges: Lq/Lk tails, L = 1, causal with Lq != Lk, GQA,
 NHD strides. Exits non-zero if an output has NaN (every element is written).
