@@ -39,7 +39,7 @@ from cutlass import Float32, Int32, Int64, const_expr
 from cutlass.cutlass_dsl import Numeric
 
 from ...quant_layout import INT8_AMAX_FLOOR, INT8_MAX, QuantGeometry, QuantGranularity
-from .quant_math import div_rn, gmem_vec, quantize_int8x4, warp_max_bfly, widen_f32
+from .quant_math import div_rn, gmem_vec, quantize_int8x4, warp_max_bfly, widen_row
 
 VEC = 8  # 16-byte vectors of bf16/fp16
 
@@ -273,8 +273,8 @@ class QuantizeInt8:
             row = row0 + row_in_pass + rpp * i
             if row < seqlen:
                 inv = s_inv[row_in_pass + rpp * i]
-                # widen_f32: not merged with step 2's conversions (fewer live registers)
-                xq = [self._minus_mean(widen_f32(rX[e, i]), mean_f32, e) for e in range(VEC)]
+                # spelling 1: not merged with step 2's conversions (fewer live registers)
+                xq = [self._minus_mean(x, mean_f32, e) for e, x in enumerate(widen_row(rX[None, i], 1))]
                 rOut[0] = quantize_int8x4(xq[0], xq[1], xq[2], xq[3], inv)
                 rOut[1] = quantize_int8x4(xq[4], xq[5], xq[6], xq[7], inv)
                 o_off = o_base + Int64(row) * Int64(words_per_row) + Int64(col // 4)
@@ -285,9 +285,6 @@ class QuantizeInt8:
     def _minus_mean(self, x: Float32, mean_f32: cute.Tensor, e: int) -> Float32:
         return x - mean_f32[e] if const_expr(self.has_mean) else x
 
-    def _smoothed(self, rX: cute.Tensor, i: int, mean_f32: cute.Tensor):
-        """fp32 ``x - mean`` (or ``x``) of the thread's ``i``-th row: (VEC,) TensorSSA."""
-        xf = rX[None, i].load().to(Float32)
-        if const_expr(self.has_mean):
-            xf = xf - mean_f32.load()
-        return xf
+    def _smoothed(self, rX: cute.Tensor, i: int, mean_f32: cute.Tensor) -> list:
+        """fp32 ``x - mean`` (or ``x``) of the thread's ``i``-th row (VEC values)."""
+        return [self._minus_mean(x, mean_f32, e) for e, x in enumerate(widen_row(rX[None, i], 0))]

@@ -151,6 +151,42 @@ def widen_f32(x, *, loc=None, ip=None) -> Float32:
     return Float32(_asm(T.f32(), f"cvt.f32.{src} $0, $1;", "=f,h", [bits]))
 
 
+# Note [bf16 pairs to fp32]: a 16-byte vector holds 4 words of 2 bf16; the low one
+# is ``word << 16`` and the high one ``word & 0xffff0000`` as fp32 bits: one
+# instruction per element, where a per-element conversion costs a PRMT (extract the
+# half) and an IMAD (shift it). Exact, like every bf16 -> fp32 conversion. Two
+# spellings of the same values (shift/mask, or PRMT with zero bytes) so the
+# compiler cannot merge a row's conversion for its amax with the later one that
+# quantizes it (which would keep every fp32 copy live across the block's barriers).
+_BF16_PAIR_PTX = (
+    ("shl.b32 $0, $1, 16;", "and.b32 $0, $1, 0xffff0000;"),
+    ("prmt.b32 $0, $1, 0, 0x1044;", "prmt.b32 $0, $1, 0, 0x3244;"),
+)
+
+
+@dsl_user_op
+def _bits_op(ptx: str, word, *, loc=None, ip=None) -> Float32:
+    bits = _asm(T.i32(), ptx, "=r,r", [Int32(word).ir_value(loc=loc, ip=ip)])
+    return Float32(llvm.bitcast(T.f32(), bits, loc=loc, ip=ip))
+
+
+def widen_row(row: cute.Tensor, spelling: int = 0) -> list:
+    """The 8 bf16/fp16 of a 16-byte register vector as fp32 (exact), in order.
+    bf16: Note [bf16 pairs to fp32] (``spelling`` 0 or 1); fp16: ``cvt`` per element
+    (``spelling`` 1 through ``widen_f32``, for the same no-merge reason)."""
+    if row.element_type is cutlass.BFloat16:
+        words = cute.recast_tensor(row, Int32)
+        lo, hi = _BF16_PAIR_PTX[spelling]
+        out = []
+        for w in range(cute.size(words)):
+            out += [_bits_op(lo, words[w]), _bits_op(hi, words[w])]
+        return out
+    if spelling == 0:
+        xf = row.load().to(Float32)
+        return [xf[e] for e in range(cute.size(row))]
+    return [widen_f32(row[e]) for e in range(cute.size(row))]
+
+
 @dsl_user_op
 def recompute_here(x, *, loc=None, ip=None) -> Int32:
     """``x`` through a side-effecting ``mov``: values derived from it are computed

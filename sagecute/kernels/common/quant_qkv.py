@@ -64,7 +64,7 @@ from cutlass.cutlass_dsl import Numeric
 from ...quant_layout import QuantGeometry, QuantGranularity
 from .quant_fp8 import GROUP, NUM_THREADS, NUM_WARPS, VEC, QuantizeVFp8, channel_inv
 from .quant_int8 import QuantizeInt8
-from .quant_math import div_rn, gmem_vec, ld_shared_cluster_f32, warp_max_bfly, warp_sum_bfly
+from .quant_math import div_rn, gmem_vec, ld_shared_cluster_f32, warp_max_bfly, warp_sum_bfly, widen_row
 
 SPLIT_CHOICES = (8, 16)  # K/V splits per (batch, head) = cluster size; 16 is non-portable
 
@@ -248,7 +248,8 @@ class QuantizeQKV:
             for i in cutlass.range(n_mine):
                 self.k_quant.load_rows(rX, mK.iterator, base, stride_l, split + i * self.splits, seqlen, tid)
                 for r in cutlass.range_constexpr(self.k_quant.rows_per_thread):
-                    acc.store(acc.load() + rX[None, r].load().to(Float32))
+                    for e, x in enumerate(widen_row(rX[None, r])):
+                        acc[e] = acc[e] + x
                 self.stash_store(rX, s_stash, i, n_mine, tid)
             self.reduce_columns(acc, tid, s_warp, s_split, is_max=False)
             total = self.gather_splits(s_split, tid, is_max=False)
@@ -294,9 +295,9 @@ class QuantizeQKV:
             if active:
                 group = (split + i * self.splits) * self.groups_per_block + group_in_block
                 self.v_quant.load_group(rX, mV.iterator, base, stride_l, group, seqlen)
-                for e in cutlass.range_constexpr(VEC):
-                    for j in cutlass.range_constexpr(GROUP):
-                        amax[e] = cute.arch.fmax(amax[e], abs(rX[e, j].to(Float32)))
+                for j in cutlass.range_constexpr(GROUP):
+                    for e, x in enumerate(widen_row(rX[None, j])):
+                        amax[e] = cute.arch.fmax(amax[e], abs(x))
                 self.stash_store(rX, s_stash, i, n_mine, tid)
         self.reduce_columns(amax, tid, s_warp, s_split, is_max=True)
         m = self.gather_splits(s_split, tid, is_max=True)
