@@ -1,6 +1,6 @@
 """Scalar PTX helpers shared by the quantizers (IEEE division, RNE rounding, e4m3
-packing, global vector load/store views, DSMEM loads) and the sm90 kernel's Q
-quantization (``recompute_here``).
+packing, bf16/fp16 -> fp32 widening, global vector load/store views, DSMEM loads)
+and the sm90 kernel's Q quantization (``recompute_here``).
 
 Note [Bit-exact quantizer arithmetic]
 -------------------------------------
