@@ -143,9 +143,9 @@ def ld_shared_cluster_f32(remote: cute.Pointer, *, loc=None, ip=None) -> Float32
 def widen_f32(x, *, loc=None, ip=None) -> Float32:
     """bf16/fp16 -> fp32 (exact) through inline PTX. Same value as ``.to(Float32)``,
     but the compiler cannot merge it with an earlier conversion of the same
-    register: the INT8 quantizers convert a row once for its amax and again to
-    quantize it, instead of keeping every fp32 copy live across the block's
-    barriers (Note [Bit-exact quantizer arithmetic] is unaffected: both are exact)."""
+    register: ``widen_row``'s second fp16 spelling, so the INT8 quantizers convert a
+    row once for its amax and again to quantize it, instead of keeping every fp32 copy
+    live across the block's barriers (both are exact)."""
     src = "bf16" if isinstance(x, cutlass.BFloat16) else "f16"
     bits = llvm.bitcast(T.i16(), x.ir_value(loc=loc, ip=ip), loc=loc, ip=ip)
     return Float32(_asm(T.f32(), f"cvt.f32.{src} $0, $1;", "=f,h", [bits]))
