@@ -50,6 +50,25 @@ def test_sageattn_matches_emulation_and_exact(case):
     assert (lse - lse_exact).abs().max() <= 1.5 * emu_lse_err + 0.02
 
 
+# Issue #3's accuracy bounds vs exact attention: rel-L1 <= 4% on normal inputs; on
+# channel-outlier inputs (K and V channel biases) rel-L1 <= 0.7% and cosine >= 0.9999.
+# K-only channel outliers ("outlier") stay at the normal inputs' ~3.7%: smoothing K
+# removes the bias exactly, so what is left is the FP8 P/V rounding of a near-zero
+# average (perf/accuracy.py).
+ISSUE_BOUNDS = {"normal": (0.04, 0.999), "outlier": (0.04, 0.999), "outlier_kv": (0.007, 0.9999)}
+
+
+@needs_sm90
+@pytest.mark.parametrize("kind", list(ISSUE_BOUNDS))
+@pytest.mark.parametrize("d,causal", [(128, False), (64, True)])
+def test_sageattn_meets_the_accuracy_bounds(kind, d, causal):
+    q, k, v = make_qkv(2, 8, 2, 1500, 1500, d, device="cuda", kind=kind)
+    o = sagecute.sageattn(q, k, v, is_causal=causal, backend="sm90")
+    m = error_metrics(o, reference.attention_exact(q, k, v, is_causal=causal))
+    max_rel_l1, min_cos = ISSUE_BOUNDS[kind]
+    assert m.rel_l1 <= max_rel_l1 and m.cosine >= min_cos, m
+
+
 @needs_sm90
 def test_deterministic_and_no_recompile_for_new_lengths():
     q, k, v = make_qkv(1, 4, 4, 513, 700, 128, device="cuda")

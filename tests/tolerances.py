@@ -19,14 +19,17 @@ def assert_close_metrics(out, ref, *, max_rel_l1: float, min_cos: float = 0.0, l
 
 def make_qkv(b, hq, hkv, lq, lk, d, *, dtype=torch.bfloat16, device="cpu", kind="normal", layout="HND"):
     """Random Q, K, V. kind: "normal"; "outlier" (K channel bias ~8 sigma, as
-    in real LLM/DiT activations); "peaked" (some queries aligned with keys,
+    in real LLM/DiT activations); "outlier_kv" (that, and a V channel bias ~1 sigma);
+    "peaked" (some queries aligned with keys,
     so softmax rows are sharp)."""
     def rnd(h, length):
         return torch.randn(b, h, length, d, device=device, dtype=torch.float32)
 
     q, k, v = rnd(hq, lq), rnd(hkv, lk), rnd(hkv, lk)
-    if kind == "outlier":
+    if kind in ("outlier", "outlier_kv"):
         k = k + 8.0 * torch.randn(b, hkv, 1, d, device=device)
+        if kind == "outlier_kv":
+            v = v + torch.randn(b, hkv, 1, d, device=device)
     elif kind == "peaked":
         idx = torch.randint(0, lk, (lq,), device=device)
         kx = k.repeat_interleave(hq // hkv, dim=1)

@@ -170,12 +170,15 @@ class QuantizeVFp8:
     # ============================================================ device pieces
     # @cute.jit methods inlined into a kernel (this one and ``quant_qkv.QuantizeQKV``).
     @cute.jit
-    def load_group(self, rX: cute.Tensor, v: cute.Pointer, base: Int64, stride_l: Int64, group, seqlen):
+    def load_group(self, rX: cute.Tensor, v: cute.Pointer, base: Int64, stride_l: Int64, group, seqlen, part=0):
         """Into ``rX`` (channel, token): tokens ``16 group .. 16 group + 15`` of the 8
-        channels at ``base``; tokens >= ``seqlen`` read as zero."""
-        tok0 = group * GROUP
+        channels at ``base``, or with ``n = size(rX, 1) < 16`` tokens, the ``n`` of part
+        ``part`` of the group (Note [Half groups] in ``quant_qkv.py``); tokens >=
+        ``seqlen`` read as zero."""
+        n = cute.size(rX, mode=[1])
+        tok0 = group * GROUP + part * n
         rX.fill(0.0)
-        for j in cutlass.range_constexpr(GROUP):
+        for j in cutlass.range_constexpr(n):
             if tok0 + j < seqlen:
                 rX[None, j].store(gmem_vec(v, base + Int64(tok0 + j) * stride_l, VEC, VEC).load())
 

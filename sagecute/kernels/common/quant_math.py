@@ -83,6 +83,14 @@ def pack_e4m3x4(x0, x1, x2, x3, *, loc=None, ip=None) -> Int32:
 
 
 @dsl_user_op
+def prmt(a, b, sel, *, loc=None, ip=None) -> Int32:
+    """``prmt.b32``: byte ``i`` of the result is byte ``(sel >> 4 i) & 15`` (0-7: no sign
+    replication) of ``b:a`` (``a`` bytes 0-3, ``b`` bytes 4-7); ``sel`` may be a register."""
+    args = [Int32(v).ir_value(loc=loc, ip=ip) for v in (a, b, sel)]
+    return Int32(_asm(T.i32(), "prmt.b32 $0, $1, $2, $3;", "=r,r,r,r", args))
+
+
+@dsl_user_op
 def quantize_int8x4(x0, x1, x2, x3, inv, *, loc=None, ip=None) -> Int32:
     """``clamp(round_even(x * inv), -127, 127)`` of four values, packed as int8x4
     (``x0`` in byte 0): one saturating conversion each (Note [int8 rounding in one

@@ -21,7 +21,8 @@ once when ``Lk <= (stash + 1) * C * 128`` and at most twice beyond.
 V: pass 1 takes per-channel amax over the split's blocks
 (``QuantizeVFp8.load_group``), the splits' maxima meet through distributed shared
 memory like K's sums (max is exact in any order), then pass 2 quantizes in reverse
-order (``QuantizeVFp8.store_group``). Same read counts as K.
+order (``QuantizeVFp8.store_group``; at head_dim 64 two lanes share each 16-token
+group, Note [Half groups]). Same read counts as K.
 
 Note [Stashed blocks]
 --------------------
@@ -29,10 +30,31 @@ Pass 2 needs every block of the split again. The last one is still in registers;
 ``stash`` earlier ones are copied to shared memory in pass 1 (each thread its own 16-byte
 vectors, so no barrier) and read back from there, and only the rest is re-read from
 global memory (mostly DRAM: the K/V of the CTAs in flight is larger than L2). A slot is
-32 KB (128 threads x 16 vectors of 16 bytes). One slot keeps 4 CTAs per SM (as many as
-the registers allow); 3 slots leave 2, too few loads in flight. H100, B4 H32 bf16 K/V
-(perf/prep_bandwidth.py): D128 L8k 406 -> 367 us with 1 slot (387 with 3), L16k
-858 -> 818; D64 L8k 199 -> 186, L16k 440 -> 414.
+128 threads x ``stash_rows`` vectors of 16 bytes: 32 KB at head_dim 128, 16 KB at 64
+(8 rows per thread for K, and for V since Note [Half groups]). One slot keeps 4 CTAs
+per SM (as many as the registers allow); 3 slots leave 2, too few loads in flight.
+H100, B4 H32 bf16 K/V (perf/prep_bandwidth.py; D64 before Note [Half groups]): D128
+L8k 406 -> 367 us with 1 slot (387 with 3), L16k 858 -> 818; D64 L8k 199 -> 186, L16k
+440 -> 414.
+
+Note [Half groups]
+------------------
+V's items: thread ``tid`` takes tokens ``(tid // vecs_per_row) * v_rows ..`` of a
+block, channel vector ``tid % vecs_per_row``. At head_dim 128 that is a whole 16-token
+group (16 vector loads), and ``QuantizeVFp8.store_group`` writes it: one 16-byte store
+per channel. At head_dim 64 whole groups would leave half the CTA idle, so a thread
+takes half of one (``part`` = bit 3 of ``tid``: 8 tokens, 8 loads) and lanes ``tid``
+and ``tid ^ 8`` write the group together (``store_half_group``). Word ``w`` of a
+channel's group holds tokens ``(2w, 2w + 1, 2w + 8, 2w + 9)`` (Note [V token
+permutation] in ``quant_layout.py``): its low 16 bits come from part 0, its high 16
+from part 1. Each lane converts its 8 channels x 4 token pairs exactly as
+``store_group`` does (same products, same ``cvt``), channels ``c`` and ``c + 4`` in one
+word; a ``prmt`` per two words picks the pairs of the channels the partner stores
+(part 0 stores channels 0-3, part 1 channels 4-7), 8 ``shfl.bfly`` swap them, and a
+``prmt`` per output word joins its own and the received pair. The byte selectors depend
+only on ``part`` (registers), so no lane selects data. A warp's loads still read whole
+128-byte rows, its stores 32 contiguous bytes (two groups) of 16 rows; the lanes of a
+channel vector still differ only in the bits ``reduce_columns`` reduces over.
 
 Numerics: Note [Bit-exact quantizer arithmetic] in ``quant_math.py``; payloads and
 scales equal the standalone kernels' (and the reference's) given the same mean.
@@ -64,7 +86,9 @@ from cutlass.cutlass_dsl import Numeric
 from ...quant_layout import QuantGeometry, QuantGranularity
 from .quant_fp8 import GROUP, NUM_THREADS, NUM_WARPS, VEC, QuantizeVFp8, channel_inv
 from .quant_int8 import QuantizeInt8
-from .quant_math import div_rn, gmem_vec, ld_shared_cluster_f32, warp_max_bfly, warp_sum_bfly, widen_row
+from .quant_math import (
+    div_rn, gmem_vec, ld_shared_cluster_f32, pack_e4m3x4, prmt, warp_max_bfly, warp_sum_bfly, widen_row
+)
 
 SPLIT_CHOICES = (8, 16)  # K/V splits per (batch, head) = cluster size; 16 is non-portable
 
@@ -115,19 +139,23 @@ class QuantizeQKV:
         self.v_quant = QuantizeVFp8(dtype, head_dim, geom)
         self.vecs_per_row = head_dim // VEC
         self.groups_per_block = self.blk // GROUP
+        # V: tokens per thread of a block, a 16-token group or half of one (Note [Half groups])
+        self.v_rows = self.blk * self.vecs_per_row // NUM_THREADS
+        # Note [Half groups]: the partners' exchange assumes word w = tokens (2w, 2w+1, 2w+8, 2w+9)
+        assert self.v_quant.perm_words == [(2 * w, 2 * w + 1, 2 * w + 8, 2 * w + 9) for w in range(GROUP // 4)]
         # Note [Stashed blocks]: slots of (VEC, stash_rows) vectors per thread
         self.stash = stash
-        self.stash_rows = max(self.k_quant.rows_per_thread, GROUP)
+        self.stash_rows = max(self.k_quant.rows_per_thread, self.v_rows)
 
     @staticmethod
     def can_implement(dtype, head_dim: int, geom: QuantGeometry) -> bool:
-        # one 128-row block per CTA of 128 threads for Q and K; V's (group, channel
-        # vector) items of a block fit the CTA
+        # one 128-row block per CTA of 128 threads for Q and K; V's items of a block, one
+        # per thread, are whole 16-token groups or halves (Note [Half groups])
         return (
             dtype in (cutlass.BFloat16, cutlass.Float16)
             and head_dim in (64, 128)
             and geom.blk_q == geom.blk_k == NUM_THREADS
-            and (geom.blk_k // GROUP) * (head_dim // VEC) <= NUM_THREADS
+            and geom.blk_k * (head_dim // VEC) // NUM_THREADS in (GROUP // 2, GROUP)
         )
 
     # ============================================================ host
@@ -280,25 +308,27 @@ class QuantizeQKV:
     ):  # fmt: skip
         seqlen = mV.shape[2]
         n_mine = self.blocks_of_split(seqlen, split)
-        # item ``tid``: 16-token group ``tid // vecs_per_row`` of a block, channel vector ``tid % vecs_per_row``
-        active = tid < self.groups_per_block * self.vecs_per_row
+        # item ``tid``: tokens ``(tid // vecs_per_row) * v_rows ..`` of a block, channel vector
+        # ``tid % vecs_per_row``; that is part ``part`` of 16-token group ``group_in_block``
+        # (the whole group, or one half: Note [Half groups])
+        parts = GROUP // self.v_rows
         cvec = tid % self.vecs_per_row
-        group_in_block = tid // self.vecs_per_row
+        group_in_block = tid // (self.vecs_per_row * parts)
+        part = (tid // self.vecs_per_row) % parts if const_expr(parts > 1) else 0
         base = Int64(batch) * Int64(mV.stride[0]) + Int64(head) * Int64(mV.stride[1]) + Int64(cvec * VEC)
         stride_l = Int64(mV.stride[2])
-        rX = cute.make_rmem_tensor(cute.make_layout((VEC, GROUP)), self.dtype)  # (channel, token)
+        rX = cute.make_rmem_tensor(cute.make_layout((VEC, self.v_rows)), self.dtype)  # (channel, token)
         rX.fill(0.0)
         # pass 1: per-channel amax of the split's blocks
         amax = cute.make_rmem_tensor(cute.make_layout(VEC), Float32)
         amax.fill(0.0)
         for i in cutlass.range(n_mine):
-            if active:
-                group = (split + i * self.splits) * self.groups_per_block + group_in_block
-                self.v_quant.load_group(rX, mV.iterator, base, stride_l, group, seqlen)
-                for j in cutlass.range_constexpr(GROUP):
-                    for e, x in enumerate(widen_row(rX[None, j])):
-                        amax[e] = cute.arch.fmax(amax[e], abs(x))
-                self.stash_store(rX, s_stash, i, n_mine, tid)
+            group = (split + i * self.splits) * self.groups_per_block + group_in_block
+            self.v_quant.load_group(rX, mV.iterator, base, stride_l, group, seqlen, part)
+            for j in cutlass.range_constexpr(self.v_rows):
+                for e, x in enumerate(widen_row(rX[None, j])):
+                    amax[e] = cute.arch.fmax(amax[e], abs(x))
+            self.stash_store(rX, s_stash, i, n_mine, tid)
         self.reduce_columns(amax, tid, s_warp, s_split, is_max=True)
         m = self.gather_splits(s_split, tid, is_max=True)
         bh = Int64(batch) * Int64(mV.shape[1]) + Int64(head)
@@ -316,13 +346,51 @@ class QuantizeQKV:
         row0 = bh * Int64(self.head_dim) + Int64(cvec * VEC)
         v8 = cute.recast_ptr(mV8.iterator, dtype=Int32)
         for t in cutlass.range(n_mine):
-            if active:
-                group = (split + (n_mine - 1 - t) * self.splits) * self.groups_per_block + group_in_block
-                if t > 0:
-                    if not self.stash_load(rX, s_stash, n_mine - 1 - t, tid):
-                        self.v_quant.load_group(rX, mV.iterator, base, stride_l, group, seqlen)
+            group = (split + (n_mine - 1 - t) * self.splits) * self.groups_per_block + group_in_block
+            if t > 0:
+                if not self.stash_load(rX, s_stash, n_mine - 1 - t, tid):
+                    self.v_quant.load_group(rX, mV.iterator, base, stride_l, group, seqlen, part)
+            if const_expr(parts == 1):
                 self.v_quant.store_group(rX, rInv, v8, row0, group, padded_len // 4)
+            else:
+                self.store_half_group(rX, rInv, v8, row0, group, part, padded_len // 4)
         cute.arch.cluster_wait()  # no CTA leaves while another still reads its s_split
+
+    @cute.jit
+    def store_half_group(
+        self, rX: cute.Tensor, rInv: cute.Tensor, v_fp8: cute.Pointer, row0: Int64, group, part, words_per_row
+    ):
+        """Note [Half groups]: ``rX`` (channel, token) holds half ``part`` of group
+        ``group``, lane ``tid ^ vecs_per_row`` the other half; together they store what
+        ``QuantizeVFp8.store_group`` would, this lane rows ``row0 + 4 part .. + 3``."""
+        half = VEC // 2
+        words = GROUP // 4
+        # e4m3 pairs of tokens (2w, 2w + 1): channel c in the low 16 bits, c + 4 in the high
+        rPair = cute.make_rmem_tensor(cute.make_layout((half, words)), Int32)  # (c, w)
+        for c in cutlass.range_constexpr(half):
+            for w in cutlass.range_constexpr(words):
+                rPair[c, w] = pack_e4m3x4(
+                    rX[c, 2 * w].to(Float32) * rInv[c],
+                    rX[c, 2 * w + 1].to(Float32) * rInv[c],
+                    rX[c + half, 2 * w].to(Float32) * rInv[c + half],
+                    rX[c + half, 2 * w + 1].to(Float32) * rInv[c + half],
+                )
+        # byte selectors (``prmt``): part 0 sends its channels 4-7 and keeps 0-3, part 1 the
+        # reverse; a stored word is (part 0's pair, part 1's pair) of tokens (2w, 2w + 1)
+        first = part == 0
+        send = cutlass.select_(first, Int32(0x7632), Int32(0x5410))
+        even = cutlass.select_(first, Int32(0x5410), Int32(0x3254))
+        odd = cutlass.select_(first, Int32(0x7610), Int32(0x3276))
+        rOut = cute.make_rmem_tensor(cute.make_layout(words), Int32)
+        for c in cutlass.range_constexpr(half):
+            for m in cutlass.range_constexpr(words // 2):
+                got = cute.arch.shuffle_sync_bfly(
+                    prmt(rPair[c, 2 * m], rPair[c, 2 * m + 1], send), offset=self.vecs_per_row
+                )  # the partner's pairs (2m, 2m + 1) of the channel this lane stores
+                rOut[2 * m] = prmt(rPair[c, 2 * m], got, even)
+                rOut[2 * m + 1] = prmt(rPair[c, 2 * m + 1], got, odd)
+            row = row0 + Int64(c + half * part)
+            gmem_vec(v_fp8, row * Int64(words_per_row) + Int64(group * words), words, 4).store(rOut.load())
 
     @cute.jit
     def publish_mean(self, total: Float32, seqlen, mKm: cute.Tensor, batch, head, split, tid, s_mean: cute.Tensor):
