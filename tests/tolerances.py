@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from sagecute.metrics import ErrorMetrics, error_metrics
+from sagecute.perf.accuracy import OUTLIER_SIGMA, V_BIAS_SIGMA  # the bench's input cases
 
 __all__ = ["ErrorMetrics", "error_metrics", "assert_close_metrics", "make_qkv"]
 
@@ -27,9 +28,9 @@ def make_qkv(b, hq, hkv, lq, lk, d, *, dtype=torch.bfloat16, device="cpu", kind=
 
     q, k, v = rnd(hq, lq), rnd(hkv, lk), rnd(hkv, lk)
     if kind in ("outlier", "outlier_kv"):
-        k = k + 8.0 * torch.randn(b, hkv, 1, d, device=device)
+        k = k + OUTLIER_SIGMA * torch.randn(b, hkv, 1, d, device=device)
         if kind == "outlier_kv":
-            v = v + torch.randn(b, hkv, 1, d, device=device)
+            v = v + V_BIAS_SIGMA * torch.randn(b, hkv, 1, d, device=device)
     elif kind == "peaked":
         idx = torch.randint(0, lk, (lq,), device=device)
         kx = k.repeat_interleave(hq // hkv, dim=1)
