@@ -39,7 +39,8 @@ def _install_fakes() -> None:
 
     g = preprocess.SM90_GEOMETRY
 
-    def quantize_inputs(qh, kh, vh, *, granularity, pv_accum, smooth_k, use_cute=None, scratch=False, fuse_q=False):
+    def quantize_inputs(qh, kh, vh, *, granularity, pv_accum, smooth_k, smooth_v=False, use_cute=None, scratch=False,
+                        fuse_q=False):
         b, h, lq, d = qh.shape
         hk, lk = kh.shape[1], kh.shape[2]
         e = torch.empty
@@ -49,6 +50,7 @@ def _install_fakes() -> None:
             e(b, hk, lk, d, dtype=torch.int8), e(b, hk, g.num_k_scales(lk, granularity)),
             e(b, hk, d, g.padded_kv_len(lk), dtype=torch.float8_e4m3fn), e(b, hk, d),
             e(b, hk, 1, d, dtype=qh.dtype) if smooth_k else None, granularity, pv_accum,
+            e(b, hk, d) if smooth_v else None,
         )  # fmt: skip
 
     dispatch.device_arch = lambda device: "sm90"

@@ -193,13 +193,15 @@ def _run_sm90_prepared(prep: "PreparedCall", out_hnd: torch.Tensor | None = None
         granularity=qi.granularity,
         pv_accum=qi.pv_accum,
         config=_sm90_config_after_preprocess(dp, prep.is_causal, qi.granularity, lq) if after_preprocess else None,
+        v_mean=qi.v_mean,
     )
     return out_hnd, lse
 
 
-def _run_sm90(q, k, v, layout, is_causal, sm_scale, return_lse, gran, pv_accum, smooth_k):
+def _run_sm90(q, k, v, layout, is_causal, sm_scale, return_lse, gran, pv_accum, smooth_k, smooth_v):
     # the quantized tensors are this call's temporaries: reusable buffers
-    prep = _prepare(q, k, v, layout, is_causal, sm_scale, return_lse, gran, pv_accum, smooth_k, scratch=True)
+    prep = _prepare(q, k, v, layout, is_causal, sm_scale, return_lse, gran, pv_accum, smooth_k, smooth_v,
+                    scratch=True)
     b, hq, lq, dp = prep.quantized.q.shape
     # Write straight into memory in the caller's layout; slice off head-dim padding.
     if layout == "HND":
@@ -218,7 +220,7 @@ def _run_sm90(q, k, v, layout, is_causal, sm_scale, return_lse, gran, pv_accum, 
 def _forward(q, k, v, layout, is_causal, sm_scale, return_lse, gran, pv_accum, smooth_k, smooth_v, smooth_q, backend):
     """One call on ``backend``: ``(o, lse or None)``, o dense in the caller's layout."""
     if backend == "sm90":
-        o, lse = _run_sm90(q, k, v, layout, is_causal, sm_scale, return_lse, gran, pv_accum, smooth_k)
+        o, lse = _run_sm90(q, k, v, layout, is_causal, sm_scale, return_lse, gran, pv_accum, smooth_k, smooth_v)
     elif backend == "reference":
         o, lse = reference.sageattn_reference(
             q, k, v, layout, is_causal, sm_scale, True,
@@ -463,7 +465,7 @@ class PreparedCall:
 
 
 def _prepare(
-    q, k, v, layout, is_causal, sm_scale, return_lse, gran, pv_accum, smooth_k, scratch=False
+    q, k, v, layout, is_causal, sm_scale, return_lse, gran, pv_accum, smooth_k, smooth_v=False, scratch=False
 ) -> PreparedCall:
     qh, kh, vh = (reference.to_hnd(t, layout) for t in (q, k, v))
     head_dim = qh.shape[-1]
@@ -473,7 +475,8 @@ def _prepare(
     # the sm90 kernel quantizes Q itself at these granularities (the ones dispatch offers)
     fuse_q = gran in FUSED_Q_GRANULARITIES
     qi = quantize_inputs(
-        qh, kh, vh, granularity=gran, pv_accum=pv_accum, smooth_k=smooth_k, scratch=scratch, fuse_q=fuse_q
+        qh, kh, vh, granularity=gran, pv_accum=pv_accum, smooth_k=smooth_k, smooth_v=smooth_v, scratch=scratch,
+        fuse_q=fuse_q,
     )
     return PreparedCall(qi, q.dtype, is_causal, sm_scale, return_lse, head_dim)
 
@@ -485,7 +488,7 @@ def prepare_inputs(q, k, v, tensor_layout="HND", is_causal=False, sm_scale=None,
     opts = _check_options(kwargs)
     return _prepare(
         q, k, v, tensor_layout, is_causal, _check_scale(sm_scale, shapes.head_dim), False,
-        QuantGranularity(opts["qk_quant_gran"]), PvAccum(opts["pv_accum_dtype"]), opts["smooth_k"],
+        QuantGranularity(opts["qk_quant_gran"]), PvAccum(opts["pv_accum_dtype"]), opts["smooth_k"], opts["smooth_v"],
     )  # fmt: skip
 
 

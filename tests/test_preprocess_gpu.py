@@ -310,7 +310,8 @@ def test_qkv_one_launch_matches_reference(case):
     v = make_input(b, hkv, lk, d, dtype, layout, kind=kind, seed=13)
     assert kern.fused_qkv_supported(q, k, v) and kern.launch_path()[0] == "tvm-ffi"
     q_in, k_in, v_in = (t.clone() for t in (q, k, v))
-    q8, qs, k8, ks, km, v8, vs = kern.quantize_qkv_cute(q, k, v, gran, smooth_k)
+    q8, qs, k8, ks, km, v8, vs, vm = kern.quantize_qkv_cute(q, k, v, gran, smooth_k)
+    assert vm is None  # smooth_v off
     for before, after in ((q_in, q), (k_in, k), (v_in, v)):
         assert torch.equal(before, after), "an input was modified"
     r8, rs = oracle_qk_int8(q, gran, is_k=False)
@@ -340,24 +341,73 @@ def test_qkv_one_launch_matches_reference(case):
             assert torch.equal(_bits(x), _bits(y)) and torch.equal(_bits(x), _bits(z))
 
 
+SMOOTH_V_CASES = [
+    # (b, hkv, lk, d, dtype, layout, kind, with_q)
+    (1, 2, 1, 128, BF16, "HND", "randn", False),
+    (2, 3, 17, 64, FP16, "NHD", "outlier", False),
+    (1, 2, 1000, 128, BF16, "strided", "randn", True),
+    (2, 1, 300, 64, BF16, "HND", "const", False),  # v == mean: zero payload and scale
+    (1, 2, 777, 128, BF16, "NHD", "zeros_channel", False),
+    (1, 2, 3000, 128, BF16, "HND", "outlier", False),  # 16 splits, a stashed block
+    (1, 2, 4100, 64, FP16, "NHD", "fp16max", False),
+    (2, 2, 12000, 64, BF16, "HND", "randn", False),  # 6 blocks a split, re-read from gmem
+]
+
+
+@pytest.mark.parametrize("case", SMOOTH_V_CASES, ids=lambda c: f"b{c[0]}h{c[1]}-l{c[2]}-d{c[3]}-{str(c[4])[6:]}-"
+                         f"{c[5]}-{c[6]}{'-q' if c[7] else ''}")
+def test_qkv_smooth_v_matches_reference(case):
+    """Note [V mean] (quant_qkv.py): V minus the kernel's fp32 mean == the reference
+    quantizer given that mean; the mean within rounding of torch's; K unchanged."""
+    b, hkv, lk, d, dtype, layout, kind, with_q = case
+    kern = _kernels()
+    q = make_input(b, 2 * hkv, 33, d, dtype, layout, seed=21)
+    k = make_input(b, hkv, lk, d, dtype, layout, seed=22)
+    v = make_input(b, hkv, lk, d, dtype, layout, kind=kind, seed=23)
+    if kind == "randn":  # channel biases, as in real V (perf/accuracy.py outlier_kv)
+        v = (v.float() + torch.randn(b, hkv, 1, d, device="cuda")).to(dtype)
+    v_in = v.clone()
+    out = kern.quantize_qkv_cute(q, k, v, T, True, with_q=with_q, smooth_v=True)
+    plain = kern.quantize_qkv_cute(q, k, v, T, True, with_q=with_q)
+    assert torch.equal(v, v_in), "v was modified"
+    v8, vs, vm = out[5:]
+    assert vm.shape == (b, hkv, d) and vm.dtype == torch.float32 and vm.is_contiguous()
+    want = v.float().mean(dim=2)
+    tol = v.float().abs().amax(dim=2) * 2.0**-20 + 1e-30  # summation order only
+    assert ((vm - want).abs() <= tol).all(), (vm - want).abs().max()
+    r8, rs = ref.quantize_v_fp8(v, SM90_GEOMETRY, mean=vm)
+    assert_finite(vs, v8, vm)
+    assert_bits_equal(vs, rs, "v_scale")
+    assert_bits_equal(v8, r8, "v_fp8")
+    if kind == "const":
+        assert vs.eq(0).all() and v8.view(torch.uint8).eq(0).all()
+    for i, name in enumerate(("q_int8", "q_scale", "k_int8", "k_scale", "k_mean")):
+        if out[i] is not None:
+            assert_bits_equal(out[i], plain[i], name)
+    again = kern.quantize_qkv_cute(q, k, v, T, True, with_q=with_q, smooth_v=True)
+    for x, y in zip(out, again):
+        if x is not None:
+            assert torch.equal(_bits(x), _bits(y)), "not deterministic"
+
+
 def test_qkv_scratch_reuse_and_plan_cache():
     """Note [Preprocess host cost]: scratch outputs are reused per (signature,
     stream), fresh outputs are not, and a cached plan still sees a new input's
-    misalignment (copied, still exact)."""
+    misalignment (copied, still exact). With smooth_v, so every output is a tensor."""
     kern = _kernels()
     kern.clear_scratch()
     q, k, v = (make_input(1, 2, 300, 128, BF16, "HND", seed=s) for s in (21, 22, 23))
-    a = kern.quantize_qkv_cute(q, k, v, T, True, scratch=True)
+    a = kern.quantize_qkv_cute(q, k, v, T, True, scratch=True, smooth_v=True)
     want = [x.clone() for x in a]
-    b = kern.quantize_qkv_cute(q, k, v, T, True, scratch=True)
+    b = kern.quantize_qkv_cute(q, k, v, T, True, scratch=True, smooth_v=True)
     assert all(x.data_ptr() == y.data_ptr() for x, y in zip(a, b))
     for x, y in zip(want, b):
         assert torch.equal(_bits(x), _bits(y))
-    fresh = kern.quantize_qkv_cute(q, k, v, T, True)
+    fresh = kern.quantize_qkv_cute(q, k, v, T, True, smooth_v=True)
     assert all(x.data_ptr() != y.data_ptr() for x, y in zip(a, fresh))
     side = torch.cuda.Stream()
     with torch.cuda.stream(side):
-        c = kern.quantize_qkv_cute(q, k, v, T, True, scratch=True)
+        c = kern.quantize_qkv_cute(q, k, v, T, True, scratch=True, smooth_v=True)
     torch.cuda.current_stream().wait_stream(side)
     assert c[0].data_ptr() != a[0].data_ptr(), "another stream must not share the scratch"
     # same shapes and strides, storage offset 1 element: not 16-byte aligned

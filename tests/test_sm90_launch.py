@@ -66,8 +66,9 @@ def test_launch_args_and_plan_cache(calls):
     assert len(launch._PLANS) == 1 and len(calls["compiles"]) == 1
     first, second = calls["launches"]
     assert first[4].dtype == torch.uint8 and first[4].data_ptr() == args["v_fp8"].data_ptr()
-    assert first[8] == pytest.approx(0.125 * LOG2E) and second[8] == pytest.approx(0.5 * LOG2E)
-    assert first[9] == 132  # persistent grid capped at the SM count
+    assert first[8] is None  # v_mean: smooth_v off
+    assert first[9] == pytest.approx(0.125 * LOG2E) and second[9] == pytest.approx(0.5 * LOG2E)
+    assert first[10] == 132  # persistent grid capped at the SM count
     # a new sequence length is a new plan, not a new kernel
     _run(_args(lq=33, lk=1000))
     assert len(launch._PLANS) == 2 and calls["compiles"][0] == calls["compiles"][-1]
@@ -136,8 +137,24 @@ def test_fused_q_launch(calls):
     args["q_scale"] = None
     _run(args)
     (key,) = calls["compiles"]
-    assert key[-1] is cutlass.BFloat16
+    assert key[7] is cutlass.BFloat16  # q dtype (then smooth_v)
     assert calls["launches"][0][1] is None
     with pytest.raises(ValueError, match="fused Q"):
         launch.attn_fwd_sm90(**args, sm_scale=0.1, is_causal=False, granularity=QuantGranularity.PER_BLOCK,
                              pv_accum=PvAccum.FP32_FP32)  # fmt: skip
+
+
+def test_v_mean_is_passed_and_checked(calls):
+    """smooth_v (Note [V mean]): v_mean reaches the kernel, selects its own variant,
+    and a wrong shape or dtype names the argument."""
+    args = _args()
+    _run(args)
+    vm = torch.empty(1, 2, 128)
+    launch.attn_fwd_sm90(**args, v_mean=vm, sm_scale=0.1, is_causal=False, granularity=T,
+                         pv_accum=PvAccum.FP32_FP32)
+    assert calls["launches"][-1][8] is vm
+    assert len(calls["compiles"]) == 2 and calls["compiles"][0][-1] is False and calls["compiles"][1][-1] is True
+    for bad in (torch.empty(1, 2, 64), torch.empty(1, 2, 128, dtype=torch.float16)):
+        with pytest.raises(ValueError, match="v_mean"):
+            launch.attn_fwd_sm90(**args, v_mean=bad, sm_scale=0.1, is_causal=False, granularity=T,
+                                 pv_accum=PvAccum.FP32_FP32)

@@ -34,6 +34,9 @@ class QuantizedInputs:
     k_mean: torch.Tensor | None  # [B, Hkv, 1, D] input dtype, smooth_k only
     granularity: QuantGranularity
     pv_accum: PvAccum
+    # fp32 [B, Hkv, D], smooth_v only: V was quantized minus it, the kernel adds it to O
+    # (Note [V mean] in kernels/common/quant_qkv.py)
+    v_mean: torch.Tensor | None = None
 
 
 @functools.lru_cache(maxsize=1)
@@ -54,6 +57,7 @@ def quantize_inputs(
     granularity: QuantGranularity,
     pv_accum: PvAccum,
     smooth_k: bool,
+    smooth_v: bool = False,
     use_cute: bool | None = None,
     scratch: bool = False,
     fuse_q: bool = False,
@@ -72,8 +76,8 @@ def quantize_inputs(
         q_in = cute.tma_ready(qh) if fuse_q else None
         # one launch where it can (``kernels/common/quant_qkv.py``), else the standalone
         # kernels; with fuse_q either path leaves Q out
-        q8, qs, k8, ks, km, v8, vs = cute.quantize_qkv_cute(
-            qh, kh, vh, granularity, smooth_k, scale_max, scratch=scratch, with_q=not fuse_q
+        q8, qs, k8, ks, km, v8, vs, vm = cute.quantize_qkv_cute(
+            qh, kh, vh, granularity, smooth_k, scale_max, scratch=scratch, with_q=not fuse_q, smooth_v=smooth_v
         )
         if fuse_q:
             q8 = q_in
@@ -81,5 +85,6 @@ def quantize_inputs(
         km = reference.k_mean(kh) if smooth_k else None
         q8, qs = reference.quantize_qk_int8(qh, granularity, SM90_GEOMETRY, is_k=False)
         k8, ks = reference.quantize_qk_int8(kh, granularity, SM90_GEOMETRY, is_k=True, mean=km)
-        v8, vs = reference.quantize_v_fp8(vh, SM90_GEOMETRY, scale_max=scale_max)
-    return QuantizedInputs(q8, qs, k8, ks, v8, vs, km, granularity, pv_accum)
+        vm = vh.float().mean(dim=2) if smooth_v else None
+        v8, vs = reference.quantize_v_fp8(vh, SM90_GEOMETRY, scale_max=scale_max, mean=vm)
+    return QuantizedInputs(q8, qs, k8, ks, v8, vs, km, granularity, pv_accum, vm)

@@ -180,9 +180,9 @@ def _compile_v_fp8_ffi(dtype, head_dim: int, geom: QuantGeometry, arch, extra: s
 @functools.cache
 def _compile_qkv_ffi(
     dtype, head_dim: int, gran: QuantGranularity, smooth_k: bool, geom: QuantGeometry, splits: int, with_q: bool,
-    stash: int, arch, extra="",
+    stash: int, smooth_v: bool, arch, extra="",
 ):  # fmt: skip
-    op = QuantizeQKV(dtype, head_dim, gran, smooth_k, geom, splits, with_q, stash)
+    op = QuantizeQKV(dtype, head_dim, gran, smooth_k, geom, splits, with_q, stash, smooth_v)
     return cute.compile(
         op,
         _fake_in(dtype, head_dim) if with_q else None, _fake_in(dtype, head_dim), _fake_in(dtype, head_dim),
@@ -190,6 +190,7 @@ def _compile_qkv_ffi(
         _fake_out(cutlass.Int8, 4, head_dim), _fake_out(Float32, 3),
         _fake_out(dtype, 4, head_dim) if smooth_k else None,
         _fake_out(cutlass.Uint8, 4), _fake_out(Float32, 3, head_dim),
+        _fake_out(Float32, 3, head_dim) if smooth_v else None,
         Float32(FP8_E4M3_MAX), _ffi_stream(),
         options=_options(arch, "--enable-tvm-ffi " + extra),
     )  # fmt: skip
@@ -238,13 +239,17 @@ def preprocess_variants(
                     # with a stashed block (Note [Stashed blocks]); the other (splits,
                     # stash) pairs of splits_for / stash_for compile on first use
                     yield (f"quant_kv-{name}-d{d}-{gran.value}-ffi", _compile_qkv_ffi,
-                           (dtype, d, gran, True, geom, 8, False, 0))  # fmt: skip
+                           (dtype, d, gran, True, geom, 8, False, 0, False))  # fmt: skip
                     yield (f"quant_kv16s1-{name}-d{d}-{gran.value}-ffi", _compile_qkv_ffi,
-                           (dtype, d, gran, True, geom, 16, False, 1))  # fmt: skip
+                           (dtype, d, gran, True, geom, 16, False, 1, False))  # fmt: skip
                 yield (f"quant_qkv-{name}-d{d}-{grans[-1].value}-ffi", _compile_qkv_ffi,
-                       (dtype, d, grans[-1], True, geom, 8, True, 0))  # fmt: skip
+                       (dtype, d, grans[-1], True, geom, 8, True, 0, False))  # fmt: skip
                 yield (f"quant_kv_nosmooth-{name}-d{d}-{grans[-1].value}-ffi", _compile_qkv_ffi,
-                       (dtype, d, grans[-1], False, geom, 8, False, 0))  # fmt: skip
+                       (dtype, d, grans[-1], False, geom, 8, False, 0, False))  # fmt: skip
+                # smooth_v (Note [V mean]): both split counts, a stashed block with 16
+                for splits, stash in ((8, 0), (16, 1)):
+                    yield (f"quant_kv{splits}s{stash}_smoothv-{name}-d{d}-{grans[-1].value}-ffi", _compile_qkv_ffi,
+                           (dtype, d, grans[-1], True, geom, splits, False, stash, True))  # fmt: skip
                 for gran in grans:
                     tag = f"{name}-d{d}-{gran.value}-ffi"
                     yield f"quant_q_int8-{tag}", _compile_int8_ffi, (dtype, d, gran, False, False, geom)
@@ -501,7 +506,9 @@ class _QkvPlan:
     kernels (compiled on first use on the TVM-FFI path), and the output shapes."""
 
     compile_args: Optional[tuple]
-    shapes: tuple  # (shape, dtype) of q8, qs (None without q), k8, ks, k_mean (None without smooth_k), v8, vs
+    # (shape, dtype) of q8, qs (None without q), k8, ks, k_mean (None without smooth_k), v8, vs,
+    # v_mean (None without smooth_v)
+    shapes: tuple
     aligned_strides: bool
     compiled: object = None
 
@@ -516,7 +523,7 @@ def clear_scratch() -> None:
     _SCRATCH.clear()
 
 
-def _qkv_plan(q, k, v, gran, smooth_k: bool, geom: QuantGeometry, with_q: bool) -> _QkvPlan:
+def _qkv_plan(q, k, v, gran, smooth_k: bool, geom: QuantGeometry, with_q: bool, smooth_v: bool) -> _QkvPlan:
     gran = QuantGranularity(gran)
     for name, t in (("q", q), ("k", k), ("v", v)):
         _check_input(t, name)
@@ -530,12 +537,13 @@ def _qkv_plan(q, k, v, gran, smooth_k: bool, geom: QuantGeometry, with_q: bool) 
         ((b, hkv, 1, d), q.dtype) if smooth_k else None,
         ((b, hkv, d, geom.padded_kv_len(lk)), torch.float8_e4m3fn),
         ((b, hkv, d), torch.float32),
+        ((b, hkv, d), torch.float32) if smooth_v else None,
     )
     compile_args = None
     if fused_qkv_supported(q, k, v, geom):
         splits = splits_for(lk, geom.blk_k)
         compile_args = (_TORCH_TO_CUTE[q.dtype], d, gran, bool(smooth_k), geom, splits, with_q,
-                        stash_for(lk, splits, geom.blk_k), None)  # fmt: skip
+                        stash_for(lk, splits, geom.blk_k), bool(smooth_v), None)  # fmt: skip
     return _QkvPlan(compile_args, shapes, all(_strides_aligned(t) for t in (q, k, v)))
 
 
@@ -562,10 +570,14 @@ def quantize_qkv_cute(
     *,
     scratch: bool = False,
     with_q: bool = True,
+    smooth_v: bool = False,
 ):
     """Q int8, K (smoothed) int8 and V fp8 -> ``(q_int8, q_scale, k_int8, k_scale,
-    k_mean | None, v_fp8, v_scale)``, each as the standalone quantizers return it;
-    ``with_q=False``: K and V only, ``q_int8`` and ``q_scale`` are None.
+    k_mean | None, v_fp8, v_scale, v_mean | None)``, each as the standalone quantizers
+    return it; ``with_q=False``: K and V only, ``q_int8`` and ``q_scale`` are None.
+    ``smooth_v``: V minus its per-channel mean, returned as fp32 ``v_mean`` [B, Hkv, D]
+    (Note [V mean] in ``kernels/common/quant_qkv.py``; the standalone path quantizes V
+    with the torch reference then).
 
     One launch (``kernels/common/quant_qkv.py``) on the TVM-FFI path when
     ``fused_qkv_supported``; otherwise, or on the pointer path, the standalone kernels.
@@ -583,15 +595,19 @@ def quantize_qkv_cute(
     has read them). Not during CUDA graph capture.
     """
     key = (q.shape, q.stride(), k.shape, k.stride(), v.shape, v.stride(), q.dtype, k.dtype, v.dtype,
-           q.device, gran, bool(smooth_k), geom, with_q)  # fmt: skip
-    plan = cached_plan(_QKV_PLANS, key, lambda: _qkv_plan(q, k, v, gran, smooth_k, geom, with_q))
+           q.device, gran, bool(smooth_k), geom, with_q, bool(smooth_v))  # fmt: skip
+    plan = cached_plan(_QKV_PLANS, key, lambda: _qkv_plan(q, k, v, gran, smooth_k, geom, with_q, smooth_v))
 
     def standalone():
         g = QuantGranularity(gran)
         q8, qs = _quantize_int8(q, g, False, None, geom) if with_q else (None, None)
         k8, ks, km = quantize_k_int8_cute(k, g, smooth_k, geom)
-        v8, vs = quantize_v_fp8_cute(v, scale_max, geom)
-        return q8, qs, k8, ks, km, v8, vs
+        if smooth_v:  # no standalone V kernel takes a mean: the torch quantizer (same numerics)
+            vm = v.float().mean(dim=2)
+            v8, vs = reference.quantize_v_fp8(v, geom, scale_max=scale_max, mean=vm)
+        else:
+            v8, vs, vm = *quantize_v_fp8_cute(v, scale_max, geom), None
+        return q8, qs, k8, ks, km, v8, vs, vm
 
     if plan.compile_args is None or not _PATH.use_ffi():
         return standalone()
@@ -602,11 +618,12 @@ def quantize_qkv_cute(
     else:
         qa, ka, va = _aligned(q) if with_q else q, _aligned(k), _aligned(v)
     out = _qkv_outputs(plan, key, q.device, scratch)
-    q8, qs, k8, ks, km, v8, vs = out
+    q8, qs, k8, ks, km, v8, vs, vm = out
     result = []
 
     def ffi():
-        plan.compiled(qa if with_q else None, ka, va, q8, qs, k8, ks, km, v8.view(torch.uint8), vs, float(scale_max))
+        plan.compiled(qa if with_q else None, ka, va, q8, qs, k8, ks, km, v8.view(torch.uint8), vs, vm,
+                      float(scale_max))
         result.append(out)
 
     _PATH.launch(ffi, lambda: result.append(standalone()))

@@ -19,12 +19,12 @@ Numerics: Note [Bit-exact quantizer arithmetic] in ``quant_math.py``.
 
 from __future__ import annotations
 
-from typing import Type
+from typing import Optional, Type
 
 import cuda.bindings.driver as cuda
 import cutlass
 import cutlass.cute as cute
-from cutlass import Float32, Int32, Int64
+from cutlass import Float32, Int32, Int64, const_expr
 from cutlass.cutlass_dsl import Numeric
 
 from ...quant_layout import V_TOKEN_PERM, QuantGeometry
@@ -183,18 +183,33 @@ class QuantizeVFp8:
                 rX[None, j].store(gmem_vec(v, base + Int64(tok0 + j) * stride_l, VEC, VEC).load())
 
     @cute.jit
-    def store_group(self, rX: cute.Tensor, rInv: cute.Tensor, v_fp8: cute.Pointer, row0: Int64, group, words_per_row):
-        """``rX * rInv`` in e4m3, permuted (Note [V token permutation]), as one 16-byte
-        store into each of the rows ``row0 .. row0 + 7`` of the [.., D, Lpad] output."""
+    def scaled(self, rX: cute.Tensor, e: cutlass.Constexpr[int], j: cutlass.Constexpr[int], rInv: cute.Tensor,
+               mean: Optional[cute.Tensor] = None, tok0=0, seqlen=0) -> Float32:
+        """Element (channel ``e``, token ``j``) of ``rX`` times its channel's ``inv``; with
+        ``mean`` (smooth_v, Note [V mean] in ``quant_qkv.py``) ``(x - mean) * inv`` for
+        true tokens (``tok0 + j < seqlen``) and 0 for the padding, as the reference pads
+        after quantizing."""
+        x = rX[e, j].to(Float32)
+        if const_expr(mean is not None):
+            x = cutlass.select_(tok0 + j < seqlen, x - mean[e], Float32(0.0))
+        return x * rInv[e]
+
+    @cute.jit
+    def store_group(self, rX: cute.Tensor, rInv: cute.Tensor, v_fp8: cute.Pointer, row0: Int64, group, words_per_row,
+                    mean: Optional[cute.Tensor] = None, seqlen=0):
+        """``rX * rInv`` (or ``(rX - mean) * rInv``: ``scaled``) in e4m3, permuted (Note
+        [V token permutation]), as one 16-byte store into each of the rows ``row0 ..
+        row0 + 7`` of the [.., D, Lpad] output."""
         rOut = cute.make_rmem_tensor(cute.make_layout(GROUP // 4), Int32)
+        tok0 = group * GROUP
         for e in cutlass.range_constexpr(VEC):
             for w in cutlass.range_constexpr(GROUP // 4):
                 t = self.perm_words[w]
                 rOut[w] = pack_e4m3x4(
-                    rX[e, t[0]].to(Float32) * rInv[e],
-                    rX[e, t[1]].to(Float32) * rInv[e],
-                    rX[e, t[2]].to(Float32) * rInv[e],
-                    rX[e, t[3]].to(Float32) * rInv[e],
+                    self.scaled(rX, e, t[0], rInv, mean, tok0, seqlen),
+                    self.scaled(rX, e, t[1], rInv, mean, tok0, seqlen),
+                    self.scaled(rX, e, t[2], rInv, mean, tok0, seqlen),
+                    self.scaled(rX, e, t[3], rInv, mean, tok0, seqlen),
                 )
             row = row0 + Int64(e)
             gmem_vec(v_fp8, row * Int64(words_per_row) + Int64(group * (GROUP // 4)), GROUP // 4, 4).store(

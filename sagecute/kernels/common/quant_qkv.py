@@ -56,6 +56,20 @@ only on ``part`` (registers), so no lane selects data. A warp's loads still read
 128-byte rows, its stores 32 contiguous bytes (two groups) of 16 rows; the lanes of a
 channel vector still differ only in the bits ``reduce_columns`` reduces over.
 
+Note [V mean]
+-------------
+With ``smooth_v`` V is quantized minus its per-channel sequence mean (fp32, ``sum /
+Lk`` in ``div.rn``, the splits' sums added in rank order as K's), and the attention
+kernel adds the mean back to O (softmax rows sum to 1). The scale needs ``max |v -
+mean|`` before the mean is known, so pass 1 keeps three statistics per channel, the
+sum, the max and the negated min of the true tokens (padding reads as 0 and must not
+count), which meet over the cluster in one exchange; then ``max |v - mean| = max(max
+- mean, mean - min)``, equal in fp32 to the reference's ``amax(|v - mean|)`` because
+rounding is monotonic and odd. Pass 2 quantizes ``(v - mean) * inv`` and writes 0
+for the padding, as the reference pads after quantizing. Payloads and scales equal
+``reference.quantize_v_fp8(v, mean=v_mean)`` given the kernel's ``v_mean``; the mean
+itself may differ from torch's ``v.float().mean`` in the last place (summation order).
+
 Numerics: Note [Bit-exact quantizer arithmetic] in ``quant_math.py``; payloads and
 scales equal the standalone kernels' (and the reference's) given the same mean.
 CUDA cores and cluster barriers only: compiles for sm_90a, sm_100a and sm_120a.
@@ -123,12 +137,16 @@ class QuantizeQKV:
         splits: int = SPLIT_CHOICES[0],
         with_q: bool = True,
         stash: int = 0,
+        smooth_v: bool = False,
     ):
         if not self.can_implement(dtype, head_dim, geom) or splits not in SPLIT_CHOICES or stash not in STASH_CHOICES:
             raise ValueError(f"unsupported fused QKV quantizer config: {dtype}, head_dim={head_dim}, {geom}")
         self.dtype = dtype
         self.head_dim = head_dim
         self.smooth_k = smooth_k
+        # Note [V mean]: V minus its per-channel sequence mean, which the attention
+        # kernel adds back to O
+        self.smooth_v = smooth_v
         self.splits = splits
         # False: K and V only (the attention kernel quantizes Q itself, Note [Fused Q
         # quantization] in kernels/sm90/attn_fwd.py); the grid then has Hkv rows
@@ -172,6 +190,7 @@ class QuantizeQKV:
         mKm: Optional[cute.Tensor],  # dtype (B, Hkv, 1, D) contiguous, smooth_k only
         mV8: cute.Tensor,  # uint8 view of e4m3 (B, Hkv, D, Lpad) contiguous
         mVs: cute.Tensor,  # fp32 (B, Hkv, D) contiguous
+        mVm: Optional[cute.Tensor],  # fp32 (B, Hkv, D) contiguous, smooth_v only
         scale_max: Float32,
         stream: cuda.CUstream,
     ):
@@ -179,7 +198,7 @@ class QuantizeQKV:
         if const_expr(self.with_q):
             q_blocks = (mQ.shape[2] + self.blk - 1) // self.blk
             q_ctas, heads = (q_blocks + self.splits - 1) // self.splits * self.splits, mQ.shape[1]
-        self.kernel(mQ, mK, mV, mQ8, mQs, mK8, mKs, mKm, mV8, mVs, scale_max).launch(
+        self.kernel(mQ, mK, mV, mQ8, mQs, mK8, mKs, mKm, mV8, mVs, mVm, scale_max).launch(
             grid=[2 * self.splits + q_ctas, heads, mK.shape[0]],
             block=[NUM_THREADS, 1, 1],
             cluster=[self.splits, 1, 1],
@@ -187,11 +206,16 @@ class QuantizeQKV:
             stream=stream,
         )
 
+    def num_stats(self) -> int:
+        """Per-channel statistics a split reduces: K's sum, V's amax; with smooth_v, V's
+        sum, max and negated min (Note [V mean])."""
+        return 3 if self.smooth_v else 1
+
     def smem_bytes(self) -> int:
-        d = self.head_dim
+        d, n = self.head_dim, self.num_stats()
         stash = self.stash * NUM_THREADS * self.stash_rows * VEC * self.dtype.width // 8
         mean = d * self.dtype.width // 8
-        return 3 * self.blk * 4 + d * NUM_WARPS * 4 + 2 * d * 4 + mean + 5 * 16 + stash + 16
+        return 3 * self.blk * 4 + d * NUM_WARPS * 4 * n + (n + 2) * d * 4 + mean + 6 * 16 + stash + 16
 
     # ============================================================ device
     @cute.kernel
@@ -207,6 +231,7 @@ class QuantizeQKV:
         mKm: Optional[cute.Tensor],
         mV8: cute.Tensor,
         mVs: cute.Tensor,
+        mVm: Optional[cute.Tensor],
         scale_max: Float32,
     ):
         # the attention kernel after this one may launch now (Note [PDL after the
@@ -216,9 +241,13 @@ class QuantizeQKV:
         x, head, batch = cute.arch.block_idx()
         smem = cutlass.memory.SmemAllocator()
         s_block = self.k_quant.allocate_smem(smem)  # the int8 quantizers' block scratch
-        s_warp = smem.allocate_tensor(Float32, cute.make_layout((self.head_dim, NUM_WARPS)), byte_alignment=16)
-        s_split = smem.allocate_tensor(Float32, cute.make_layout(self.head_dim), byte_alignment=16)
-        s_chan = smem.allocate_tensor(Float32, cute.make_layout(self.head_dim), byte_alignment=16)
+        n_stats = self.num_stats()
+        s_warp = smem.allocate_tensor(
+            Float32, cute.make_layout((self.head_dim, NUM_WARPS, n_stats)), byte_alignment=16
+        )
+        s_split = smem.allocate_tensor(Float32, cute.make_layout((self.head_dim, n_stats)), byte_alignment=16)
+        # V: each channel's inv (and with smooth_v its mean), for pass 2
+        s_chan = smem.allocate_tensor(Float32, cute.make_layout((self.head_dim, 2)), byte_alignment=16)
         s_mean = smem.allocate_tensor(self.dtype, cute.make_layout(self.head_dim), byte_alignment=16)
         s_stash = None
         if const_expr(self.stash > 0):
@@ -237,7 +266,8 @@ class QuantizeQKV:
                 self.k_split(mK, mK8, mKs, mKm, batch, head, split, tid, s_block, s_warp, s_split, s_mean, s_stash)
         elif role == 1:
             if head < mV.shape[1]:
-                self.v_split(mV, mV8, mVs, scale_max, batch, head, split, tid, s_warp, s_split, s_chan, s_stash)
+                self.v_split(mV, mV8, mVs, mVm, scale_max, batch, head, split, tid, s_warp, s_split, s_chan,
+                             s_stash)
         else:
             if const_expr(self.with_q):
                 self.q_block(mQ, mQ8, mQs, batch, head, x - 2 * self.splits, tid, s_block)
@@ -279,8 +309,8 @@ class QuantizeQKV:
                     for e, x in enumerate(widen_row(rX[None, r])):
                         acc[e] = acc[e] + x
                 self.stash_store(rX, s_stash, i, n_mine, tid)
-            self.reduce_columns(acc, tid, s_warp, s_split, is_max=False)
-            total = self.gather_splits(s_split, tid, is_max=False)
+            self.reduce_columns([acc], (False,), tid, s_warp, s_split)
+            total = self.gather_splits(s_split, tid, (False,))[0]
             self.publish_mean(total, seqlen, mKm, batch, head, split, tid, s_mean)
             col = self.k_quant.col(tid)
             for e in cutlass.range_constexpr(VEC):
@@ -302,7 +332,7 @@ class QuantizeQKV:
 
     @cute.jit
     def v_split(
-        self, mV: cute.Tensor, mV8: cute.Tensor, mVs: cute.Tensor, scale_max: Float32,
+        self, mV: cute.Tensor, mV8: cute.Tensor, mVs: cute.Tensor, mVm: Optional[cute.Tensor], scale_max: Float32,
         batch, head, split, tid, s_warp: cute.Tensor, s_split: cute.Tensor, s_chan: cute.Tensor,
         s_stash: Optional[cute.Tensor],
     ):  # fmt: skip
@@ -319,28 +349,55 @@ class QuantizeQKV:
         stride_l = Int64(mV.stride[2])
         rX = cute.make_rmem_tensor(cute.make_layout((VEC, self.v_rows)), self.dtype)  # (channel, token)
         rX.fill(0.0)
-        # pass 1: per-channel amax of the split's blocks
-        amax = cute.make_rmem_tensor(cute.make_layout(VEC), Float32)
-        amax.fill(0.0)
+        # pass 1: per-channel amax of the split's blocks (smooth_v: sum, max and negated
+        # min of the true tokens, Note [V mean])
+        stats = [cute.make_rmem_tensor(cute.make_layout(VEC), Float32) for _ in range(self.num_stats())]
+        stats[0].fill(0.0)  # amax, or smooth_v's sum
+        for extreme in stats[1:]:
+            extreme.fill(-Float32.inf)
         for i in cutlass.range(n_mine):
             group = (split + i * self.splits) * self.groups_per_block + group_in_block
             self.v_quant.load_group(rX, mV.iterator, base, stride_l, group, seqlen, part)
             for j in cutlass.range_constexpr(self.v_rows):
-                for e, x in enumerate(widen_row(rX[None, j])):
-                    amax[e] = cute.arch.fmax(amax[e], abs(x))
+                if const_expr(self.smooth_v):
+                    v_sum, v_max, v_nmin = stats
+                    # tokens past seqlen read as 0: they count in no max or min
+                    valid = group * GROUP + part * self.v_rows + j < seqlen
+                    for e, x in enumerate(widen_row(rX[None, j])):
+                        v_sum[e] = v_sum[e] + x
+                        v_max[e] = cute.arch.fmax(v_max[e], cutlass.select_(valid, x, -Float32.inf))
+                        v_nmin[e] = cute.arch.fmax(v_nmin[e], cutlass.select_(valid, -x, -Float32.inf))
+                else:
+                    amax = stats[0]
+                    for e, x in enumerate(widen_row(rX[None, j])):
+                        amax[e] = cute.arch.fmax(amax[e], abs(x))
             self.stash_store(rX, s_stash, i, n_mine, tid)
-        self.reduce_columns(amax, tid, s_warp, s_split, is_max=True)
-        m = self.gather_splits(s_split, tid, is_max=True)
+        is_max = (False, True, True) if const_expr(self.smooth_v) else (True,)
+        self.reduce_columns(stats, is_max, tid, s_warp, s_split)
+        totals = self.gather_splits(s_split, tid, is_max)
+        m = totals[0]
         bh = Int64(batch) * Int64(mV.shape[1]) + Int64(head)
         dim = self.head_dim
         if tid < dim:
-            s_chan[tid] = channel_inv(m, scale_max)
+            if const_expr(self.smooth_v):
+                # Note [V mean]: max |v - mean| = max(max - mean, mean - min), also in fp32
+                mean = div_rn(totals[0], Float32(seqlen))
+                m = cute.arch.fmax(totals[1] - mean, mean + totals[2])
+                s_chan[tid, 1] = mean
+                if split == 0:
+                    gmem_vec(mVm.iterator, bh * Int64(dim) + Int64(tid), 1, 1)[0] = mean
+            s_chan[tid, 0] = channel_inv(m, scale_max)
             if split == 0:
                 gmem_vec(mVs.iterator, bh * Int64(dim) + Int64(tid), 1, 1)[0] = div_rn(m, scale_max)
         cute.arch.sync_threads()
         rInv = cute.make_rmem_tensor(cute.make_layout(VEC), Float32)
         for e in cutlass.range_constexpr(VEC):
-            rInv[e] = s_chan[cvec * VEC + e]
+            rInv[e] = s_chan[cvec * VEC + e, 0]
+        rMean = None
+        if const_expr(self.smooth_v):
+            rMean = cute.make_rmem_tensor(cute.make_layout(VEC), Float32)
+            for e in cutlass.range_constexpr(VEC):
+                rMean[e] = s_chan[cvec * VEC + e, 1]
         # pass 2, last loaded first (it is still in rX)
         padded_len = (seqlen + self.blk - 1) // self.blk * self.blk
         row0 = bh * Int64(self.head_dim) + Int64(cvec * VEC)
@@ -351,14 +408,15 @@ class QuantizeQKV:
                 if not self.stash_load(rX, s_stash, n_mine - 1 - t, tid):
                     self.v_quant.load_group(rX, mV.iterator, base, stride_l, group, seqlen, part)
             if const_expr(parts == 1):
-                self.v_quant.store_group(rX, rInv, v8, row0, group, padded_len // 4)
+                self.v_quant.store_group(rX, rInv, v8, row0, group, padded_len // 4, rMean, seqlen)
             else:
-                self.store_half_group(rX, rInv, v8, row0, group, part, padded_len // 4)
+                self.store_half_group(rX, rInv, v8, row0, group, part, padded_len // 4, rMean, seqlen)
         cute.arch.cluster_wait()  # no CTA leaves while another still reads its s_split
 
     @cute.jit
     def store_half_group(
-        self, rX: cute.Tensor, rInv: cute.Tensor, v_fp8: cute.Pointer, row0: Int64, group, part, words_per_row
+        self, rX: cute.Tensor, rInv: cute.Tensor, v_fp8: cute.Pointer, row0: Int64, group, part, words_per_row,
+        mean: Optional[cute.Tensor] = None, seqlen=0,
     ):
         """Note [Half groups]: ``rX`` (channel, token) holds half ``part`` of group
         ``group``, lane ``tid ^ vecs_per_row`` the other half; together they store what
@@ -367,13 +425,14 @@ class QuantizeQKV:
         words = GROUP // 4
         # e4m3 pairs of tokens (2w, 2w + 1): channel c in the low 16 bits, c + 4 in the high
         rPair = cute.make_rmem_tensor(cute.make_layout((half, words)), Int32)  # (c, w)
+        tok0 = group * GROUP + part * self.v_rows
         for c in cutlass.range_constexpr(half):
             for w in cutlass.range_constexpr(words):
                 rPair[c, w] = pack_e4m3x4(
-                    rX[c, 2 * w].to(Float32) * rInv[c],
-                    rX[c, 2 * w + 1].to(Float32) * rInv[c],
-                    rX[c + half, 2 * w].to(Float32) * rInv[c + half],
-                    rX[c + half, 2 * w + 1].to(Float32) * rInv[c + half],
+                    self.v_quant.scaled(rX, c, 2 * w, rInv, mean, tok0, seqlen),
+                    self.v_quant.scaled(rX, c, 2 * w + 1, rInv, mean, tok0, seqlen),
+                    self.v_quant.scaled(rX, c + half, 2 * w, rInv, mean, tok0, seqlen),
+                    self.v_quant.scaled(rX, c + half, 2 * w + 1, rInv, mean, tok0, seqlen),
                 )
         # byte selectors (``prmt``): part 0 sends its channels 4-7 and keeps 0-3, part 1 the
         # reverse; a stored word is (part 0's pair, part 1's pair) of tokens (2w, 2w + 1)
@@ -430,47 +489,55 @@ class QuantizeQKV:
         return (n_blocks - split + self.splits - 1) // self.splits
 
     @cute.jit
-    def reduce_columns(self, vals: cute.Tensor, tid, s_warp: cute.Tensor, s_split: cute.Tensor, is_max: cutlass.Constexpr):
-        """``vals`` (VEC) holds channels ``(tid % vecs_per_row) * 8 ..`` of this thread's
-        rows: sum (or max) them over the CTA into ``s_split`` (head_dim), in a fixed order:
-        butterfly over the lanes of a channel vector, then the warps in order."""
+    def reduce_columns(self, stats: list, is_max: tuple, tid, s_warp: cute.Tensor, s_split: cute.Tensor):
+        """Each ``stats[i]`` (VEC) holds channels ``(tid % vecs_per_row) * 8 ..`` of this
+        thread's rows: sum it (or max it, ``is_max[i]``) over the CTA into ``s_split[:, i]``
+        (head_dim), in a fixed order: butterfly over the lanes of a channel vector, then
+        the warps in order."""
         lane, warp = tid % 32, tid // 32
         col = (tid % self.vecs_per_row) * VEC
         lanes_mask = 31 & ~(self.vecs_per_row - 1)
-        for e in cutlass.range_constexpr(VEC):
-            if const_expr(is_max):
-                v = warp_max_bfly(vals[e], lanes_mask)
-            else:
-                v = warp_sum_bfly(vals[e], lanes_mask)
-            if lane < self.vecs_per_row:
-                s_warp[col + e, warp] = v
+        for i, vals in enumerate(stats):
+            for e in cutlass.range_constexpr(VEC):
+                if const_expr(is_max[i]):
+                    v = warp_max_bfly(vals[e], lanes_mask)
+                else:
+                    v = warp_sum_bfly(vals[e], lanes_mask)
+                if lane < self.vecs_per_row:
+                    s_warp[col + e, warp, i] = v
         cute.arch.sync_threads()
         if tid < self.head_dim:
-            v = s_warp[tid, 0]
-            for w in cutlass.range_constexpr(1, NUM_WARPS):
-                if const_expr(is_max):
-                    v = cute.arch.fmax(v, s_warp[tid, w])
-                else:
-                    v = v + s_warp[tid, w]
-            s_split[tid] = v
+            for i in cutlass.range_constexpr(len(stats)):
+                v = s_warp[tid, 0, i]
+                for w in cutlass.range_constexpr(1, NUM_WARPS):
+                    if const_expr(is_max[i]):
+                        v = cute.arch.fmax(v, s_warp[tid, w, i])
+                    else:
+                        v = v + s_warp[tid, w, i]
+                s_split[tid, i] = v
 
     @cute.jit
-    def gather_splits(self, s_split: cute.Tensor, tid, is_max: cutlass.Constexpr) -> Float32:
-        """Channel ``tid``'s sum (or max) over the cluster's splits, in rank order
-        (threads >= head_dim get 0). Arrives on the cluster barrier once it has read:
-        the caller waits on it before leaving."""
+    def gather_splits(self, s_split: cute.Tensor, tid, is_max: tuple) -> list:
+        """Channel ``tid``'s sum (or max, ``is_max[i]``) of each statistic over the
+        cluster's splits, in rank order (threads >= head_dim get 0 or -inf). Arrives on
+        the cluster barrier once it has read: the caller waits on it before leaving."""
         cute.arch.cluster_arrive()  # s_split written (release)
         cute.arch.cluster_wait()  # every split's s_split written (acquire)
-        v = Float32(0.0)
-        if tid < self.head_dim:
-            for rank in cutlass.range_constexpr(self.splits):
-                remote = ld_shared_cluster_f32(cute.arch.map_dsmem_ptr(s_split.iterator + tid, Int32(rank)))
-                if const_expr(is_max):
-                    v = cute.arch.fmax(v, remote)
-                else:
-                    v = v + remote
+        totals = []
+        for i in cutlass.range_constexpr(len(is_max)):
+            v = Float32(-Float32.inf) if const_expr(is_max[i]) else Float32(0.0)
+            if tid < self.head_dim:
+                for rank in cutlass.range_constexpr(self.splits):
+                    remote = ld_shared_cluster_f32(
+                        cute.arch.map_dsmem_ptr(s_split.iterator + (tid + i * self.head_dim), Int32(rank))
+                    )
+                    if const_expr(is_max[i]):
+                        v = cute.arch.fmax(v, remote)
+                    else:
+                        v = v + remote
+            totals.append(v)
         # done reading the other splits' s_split. Relaxed: the remote values are already
         # in ``v`` (no memory to order), and a releasing arrive waited on every
         # outstanding memory access of the thread (ERRBAR: 5% of stall samples at L1k)
         cute.arch.cluster_arrive_relaxed()
-        return v
+        return totals

@@ -364,6 +364,8 @@ class BlockCtx(NamedTuple):
     mKScale: cute.Tensor  # this (batch, head_kv)'s K scales
     mVScale: cute.Tensor  # this (batch, head_kv)'s V scales
     v_scale: cute.Tensor  # the V scales of this thread's O columns (loaded under the last PV)
+    mVMean: Optional[cute.Tensor]  # smooth_v: this (batch, head_kv)'s V means (Note [V mean])
+    v_mean: Optional[cute.Tensor]  # smooth_v: the V means of this thread's O columns, as v_scale
     k_scale_idx0: Int32  # k_scale_index(col_in_block): block n reads idx0 + n * step
     qk_scale_log2: Float32
     col_in_block: Int32
@@ -388,6 +390,7 @@ class SageAttnFwdSm90:
         has_lse: bool,
         config: AttnFwdConfigSm90,
         q_dtype: Type[cutlass.Numeric] = cutlass.Int8,
+        smooth_v: bool = False,
     ):
         ok, why = self.can_implement(out_dtype, head_dim, granularity, pv_accum, q_dtype)
         if not ok:
@@ -402,6 +405,9 @@ class SageAttnFwdSm90:
         self.granularity = granularity
         self.pv_accum = pv_accum
         self.has_lse = has_lse
+        # V was quantized minus its per-channel mean (mVMean): O gets it back in the
+        # epilogue (Note [V mean] in kernels/common/quant_qkv.py)
+        self.smooth_v = smooth_v
         self.config = config
         self.tile_m = config.tile_m
         self.tile_n = config.tile_n
@@ -479,6 +485,7 @@ class SageAttnFwdSm90:
         mVScale: cute.Tensor,  # fp32 [B, Hkv, D]
         mO: cute.Tensor,  # bf16/fp16 [B, Hq, Lq, D], any strides, last stride 1
         mLSE: Optional[cute.Tensor],  # fp32 [B, Hq, Lq] or None
+        mVMean: Optional[cute.Tensor],  # fp32 [B, Hkv, D] with smooth_v, else None
         softmax_scale_log2: Float32,  # sm_scale * log2(e)
         max_ctas: Int32,  # persistent grid cap (#SMs)
         stream: cuda.CUstream,
@@ -573,6 +580,7 @@ class SageAttnFwdSm90:
             mO,
             tma_O,
             mLSE,
+            mVMean,
             tma_atom_Q,
             tma_atom_K,
             tma_atom_V,
@@ -610,6 +618,7 @@ class SageAttnFwdSm90:
         mO: cute.Tensor,  # (Lq, D, Hq, B)
         mO_tma: Optional[cute.Tensor],  # TMA tensor (Lq, D, Hq, B) when tma_o_store
         mLSE: Optional[cute.Tensor],
+        mVMean: Optional[cute.Tensor],
         tma_atom_Q: cute.CopyAtom,
         tma_atom_K: cute.CopyAtom,
         tma_atom_V: cute.CopyAtom,
@@ -695,7 +704,7 @@ class SageAttnFwdSm90:
                 cute.arch.setmaxregister_increase(self.consumer_regs)
             tidx = cute.arch.thread_idx()[0] - self.num_threads_per_wg
             self.consumer(
-                tidx, sQ, sQin, sK, sVt, sO, mQScale, mKScale, mVScale, mO, mO_tma, mLSE, tma_atom_O,
+                tidx, sQ, sQin, sK, sVt, sO, mQScale, mKScale, mVScale, mO, mO_tma, mLSE, mVMean, tma_atom_O,
                 tiled_mma_qk, tiled_mma_pv, tiled_mma_o, pipeline_q, pipeline_k, pipeline_v,
                 sched, seqlen_q, seqlen_k, qhead_per_kvhead, softmax_scale_log2,
             )
@@ -817,6 +826,7 @@ class SageAttnFwdSm90:
         mO: cute.Tensor,
         mO_tma: Optional[cute.Tensor],
         mLSE: Optional[cute.Tensor],
+        mVMean: Optional[cute.Tensor],
         tma_atom_O: Optional[cute.CopyAtom],
         tiled_mma_qk: cute.TiledMma,
         tiled_mma_pv: cute.TiledMma,
@@ -865,6 +875,9 @@ class SageAttnFwdSm90:
         row_scale_prev = cute.make_rmem_tensor((num_rows,), Float32)
         acc_S = cute.make_rmem_tensor(acc_shape_S, Int32)
         v_scale = cute.make_rmem_tensor((cute.size(acc_O_mn, mode=[1]),), Float32)
+        v_mean = cute.make_rmem_tensor((cute.size(acc_O_mn, mode=[1]),), Float32) if const_expr(
+            self.smooth_v
+        ) else None
         acc_S_f = cute.make_rmem_tensor(acc_shape_S, Float32)
         acc_O_parts = ()
         if const_expr(self.pv_accum == PvAccum.FP32_FP32):
@@ -905,6 +918,7 @@ class SageAttnFwdSm90:
                 row_scale=row_scale, row_scale_prev=row_scale_prev,
                 tScS_mn=tScS_mn, tOcO_mn=tOcO_mn, mKScale=mKScale[batch, head_kv, None],
                 mVScale=mVScale[batch, head_kv, None], v_scale=v_scale,
+                mVMean=mVMean[batch, head_kv, None] if const_expr(self.smooth_v) else None, v_mean=v_mean,
                 k_scale_idx0=self.k_scale_index(col_in_block),
                 qk_scale_log2=qk_scale_log2, col_in_block=col_in_block, row_in_tile=row_in_tile,
                 wg_idx=wg_idx,
@@ -935,7 +949,7 @@ class SageAttnFwdSm90:
             self.finish_row_sum(acc_O, row_sum)
             row_pos, col_pos = self.position_here(ctx)
             self.epilogue(
-                acc_O_out, tOcO_mn, row_max, row_sum, v_scale, mO, mLSE,
+                acc_O_out, tOcO_mn, row_max, row_sum, v_scale, v_mean, mO, mLSE,
                 m_block, head, head_kv, batch, seqlen_q, col_pos // 2, row_pos, col_pos,
                 sO, mO_tma, tma_atom_O, tiled_mma_o, wg_idx, warp_in_wg,
             )
@@ -1248,10 +1262,13 @@ class SageAttnFwdSm90:
 
     @cute.jit
     def load_v_scale(self, ctx: "BlockCtx"):
-        """The per-channel V scale of each O column this thread owns (numerics.md §4)."""
+        """The per-channel V scale (and with smooth_v the V mean) of each O column this
+        thread owns (numerics.md §4)."""
         _, col_in_block = self.position_here(ctx)
         for c in cutlass.range_constexpr(cute.size(ctx.v_scale)):
             ctx.v_scale[c] = Float32(ctx.mVScale[col_in_block + ctx.tOcO_mn[0, c][1]])
+            if const_expr(self.smooth_v):
+                ctx.v_mean[c] = Float32(ctx.mVMean[col_in_block + ctx.tOcO_mn[0, c][1]])
 
     @cute.jit
     def thread_position(self, tidx: Int32):
@@ -1409,6 +1426,7 @@ class SageAttnFwdSm90:
         row_max: cute.Tensor,
         row_sum: cute.Tensor,  # whole row sums (finish_row_sum)
         v_scale: cute.Tensor,  # per owned O column (load_v_scale)
+        v_mean: Optional[cute.Tensor],  # likewise, smooth_v only
         mO: cute.Tensor,
         mLSE: Optional[cute.Tensor],
         m_block: Int32,
@@ -1432,14 +1450,14 @@ class SageAttnFwdSm90:
         for r in cutlass.range_constexpr(num_rows):
             inv_d[r] = cute.arch.rcp_approx(row_sum[r])
         if const_expr(self.config.tma_o_store):
-            self.store_o_tma(acc_O, inv_d, v_scale, sO, mO_tma, tma_atom_O, tiled_mma_o,
+            self.store_o_tma(acc_O, inv_d, v_scale, v_mean, sO, mO_tma, tma_atom_O, tiled_mma_o,
                              m_block, head, batch, wg_idx, warp_in_wg)
         mO_cur = mO[None, None, head, batch]  # (Lq, D)
         for r in cutlass.range_constexpr(num_rows):
             row = m_block * self.tile_m + row_in_tile + tOcO_mn[r, 0][0]
             if row < seqlen_q:
                 if const_expr(not self.config.tma_o_store):
-                    self.store_o_row(acc_O_mn, inv_d, v_scale, mO_cur, tOcO_mn, r, row, col_in_block)
+                    self.store_o_row(acc_O_mn, inv_d, v_scale, v_mean, mO_cur, tOcO_mn, r, row, col_in_block)
                 if const_expr(self.has_lse):
                     if quad_lane == 0:
                         # natural-log LSE of the smoothed scores: (m + log2 d) * ln2
@@ -1447,7 +1465,15 @@ class SageAttnFwdSm90:
                         mLSE[batch, head, row] = lse
 
     @cute.jit
-    def store_o_row(self, acc_O_mn, inv_d, v_scale, mO_cur, tOcO_mn, r: cutlass.Constexpr[int], row: Int32,
+    def normalized_o(self, acc_O_mn, inv_d, v_scale, v_mean, r: cutlass.Constexpr[int], c: cutlass.Constexpr[int]):
+        """O[r, c] / rowsum * v_scale[c] (+ v_mean[c] with smooth_v), in fp32."""
+        o = acc_O_mn[r, c] * inv_d[r] * v_scale[c]
+        if const_expr(self.smooth_v):
+            o = o + v_mean[c]
+        return o
+
+    @cute.jit
+    def store_o_row(self, acc_O_mn, inv_d, v_scale, v_mean, mO_cur, tOcO_mn, r: cutlass.Constexpr[int], row: Int32,
                     col_in_block: Int32):
         """Without TMA (o's strides not 16-byte multiples): this thread's columns of
         row ``r`` straight from registers."""
@@ -1457,8 +1483,8 @@ class SageAttnFwdSm90:
             # store per pair (launch.py checks o's strides are even)
             pair = cute.make_rmem_tensor((2,), self.out_dtype)
             for c in cutlass.range_constexpr(0, num_cols, 2):
-                pair[0] = (acc_O_mn[r, c] * inv_d[r] * v_scale[c]).to(self.out_dtype)
-                pair[1] = (acc_O_mn[r, c + 1] * inv_d[r] * v_scale[c + 1]).to(self.out_dtype)
+                pair[0] = self.normalized_o(acc_O_mn, inv_d, v_scale, v_mean, r, c).to(self.out_dtype)
+                pair[1] = self.normalized_o(acc_O_mn, inv_d, v_scale, v_mean, r, c + 1).to(self.out_dtype)
                 col = col_in_block + tOcO_mn[r, c][1]
                 elem = mO_cur.iterator + cute.crd2idx((row, col), mO_cur.layout)
                 dst = cute.make_tensor(
@@ -1468,7 +1494,7 @@ class SageAttnFwdSm90:
                 dst.store(pair.load())
         else:
             for c in cutlass.range_constexpr(num_cols):
-                val = (acc_O_mn[r, c] * inv_d[r] * v_scale[c]).to(self.out_dtype)
+                val = self.normalized_o(acc_O_mn, inv_d, v_scale, v_mean, r, c).to(self.out_dtype)
                 mO_cur[row, col_in_block + tOcO_mn[r, c][1]] = val
 
     @cute.jit
@@ -1477,6 +1503,7 @@ class SageAttnFwdSm90:
         acc_O: cute.Tensor,
         inv_d: cute.Tensor,
         v_scale: cute.Tensor,
+        v_mean: Optional[cute.Tensor],
         sO: cute.Tensor,
         mO_tma: cute.Tensor,
         tma_atom_O: cute.CopyAtom,
@@ -1491,7 +1518,7 @@ class SageAttnFwdSm90:
         acc_O_mn = wgmma.acc_mn_view(acc_O)
         for r in cutlass.range_constexpr(cute.size(acc_O_mn, mode=[0])):
             for c in cutlass.range_constexpr(cute.size(acc_O_mn, mode=[1])):
-                acc_O_mn[r, c] = acc_O_mn[r, c] * inv_d[r] * v_scale[c]
+                acc_O_mn[r, c] = self.normalized_o(acc_O_mn, inv_d, v_scale, v_mean, r, c)
         rO = cute.make_rmem_tensor(acc_O.layout, self.out_dtype)
         rO.store(acc_O.load().to(self.out_dtype))
         barrier_id = int(NamedBarrier.EPILOGUE) + wg_idx

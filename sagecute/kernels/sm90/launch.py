@@ -77,10 +77,12 @@ def _sym():
     return cute.sym_int()
 
 
-def _fake_args(out_dtype, head_dim: int, has_lse: bool, ffi: bool = False, o_div: int = 1, q_dtype=cutlass.Int8):
+def _fake_args(out_dtype, head_dim: int, has_lse: bool, ffi: bool = False, o_div: int = 1, q_dtype=cutlass.Int8,
+               smooth_v: bool = False):
     """Fake tensors with symbolic sizes/strides (last stride 1). ``ffi``: the TVM-FFI
     entry's contract (V as uint8, TMA operands with 16-byte multiple strides). A
-    bf16/fp16 ``q_dtype`` (fused Q quantization) has no q_scale."""
+    bf16/fp16 ``q_dtype`` (fused Q quantization) has no q_scale; ``smooth_v`` adds
+    v_mean."""
     B, Hq, Hkv, Lq, Lk, Lp = (_sym() for _ in range(6))
     nq, nk = _sym(), _sym()
     D = head_dim
@@ -103,7 +105,8 @@ def _fake_args(out_dtype, head_dim: int, has_lse: bool, ffi: bool = False, o_div
     vs = contig(cutlass.Float32, (B, Hkv, D), 4)
     o = contig(out_dtype, (B, Hq, Lq, D), 16, o_div)
     lse = contig(cutlass.Float32, (B, Hq, Lq), 4) if has_lse else None
-    return q, qs, k, ks, v, vs, o, lse
+    vm = contig(cutlass.Float32, (B, Hkv, D), 4) if smooth_v else None
+    return q, qs, k, ks, v, vs, o, lse, vm
 
 
 def _o_stride_div(config: AttnFwdConfigSm90) -> int:
@@ -125,10 +128,11 @@ def _fit_o_store(config: AttnFwdConfigSm90, o) -> AttnFwdConfigSm90:
 _COMPILED: dict = {}
 
 
-def _compile_key(out_dtype, head_dim, is_causal, granularity, pv_accum, has_lse, config, q_dtype=cutlass.Int8):
+def _compile_key(out_dtype, head_dim, is_causal, granularity, pv_accum, has_lse, config, q_dtype=cutlass.Int8,
+                 smooth_v=False):
     """Exactly what changes the generated code (STYLE.md): nothing shape-dependent."""
     return (_out_dtype(out_dtype), head_dim, bool(is_causal), granularity, pv_accum, has_lse, config,
-            _q_dtype(q_dtype))  # fmt: skip
+            _q_dtype(q_dtype), bool(smooth_v))  # fmt: skip
 
 
 def compile_attn_fwd_sm90(
@@ -140,20 +144,22 @@ def compile_attn_fwd_sm90(
     has_lse: bool,
     config: AttnFwdConfigSm90,
     q_dtype=cutlass.Int8,
+    smooth_v: bool = False,
     example_args: Optional[tuple] = None,
 ):
     """Compile (cached) one kernel variant; the cache key is exactly the arguments
     before ``example_args``. ``example_args`` are the runtime arguments of the first
     call (cute tensors with dynamic layouts, scalars, stream); without them the
     variant is compiled from fake tensors with symbolic shapes (no GPU needed)."""
-    key = _compile_key(out_dtype, head_dim, is_causal, granularity, pv_accum, has_lse, config, q_dtype)
-    out_dtype, q_dtype = key[0], key[-1]
+    key = _compile_key(out_dtype, head_dim, is_causal, granularity, pv_accum, has_lse, config, q_dtype, smooth_v)
+    out_dtype, q_dtype = key[0], key[7]
     if example_args is not None and key in _COMPILED:
         return _COMPILED[key]
-    kernel = SageAttnFwdSm90(out_dtype, head_dim, is_causal, granularity, pv_accum, has_lse, config, q_dtype)
+    kernel = SageAttnFwdSm90(out_dtype, head_dim, is_causal, granularity, pv_accum, has_lse, config, q_dtype, smooth_v)
     if example_args is None:
         # AOT check only: not cached, the runtime path compiles from its real arguments
-        example_args = (*_fake_args(out_dtype, head_dim, has_lse, o_div=_o_stride_div(config), q_dtype=q_dtype),
+        example_args = (*_fake_args(out_dtype, head_dim, has_lse, o_div=_o_stride_div(config), q_dtype=q_dtype,
+                                    smooth_v=smooth_v),
                         cutlass.Float32(1.0),
                         cutlass.Int32(1), cute.runtime.make_fake_stream())
         return cute.compile(kernel, *example_args)
@@ -174,14 +180,17 @@ def compile_attn_fwd_sm90_ffi(
     has_lse: bool,
     config: AttnFwdConfigSm90,
     q_dtype=cutlass.Int8,
+    smooth_v: bool = False,
 ):
     """The TVM-FFI entry of the same kernel (Note [Two launch paths]): compiled once per
     key from fake tensors with symbolic shapes; takes torch tensors directly."""
-    key = _compile_key(out_dtype, head_dim, is_causal, granularity, pv_accum, has_lse, config, q_dtype)
-    out_dtype, q_dtype = key[0], key[-1]
+    key = _compile_key(out_dtype, head_dim, is_causal, granularity, pv_accum, has_lse, config, q_dtype, smooth_v)
+    out_dtype, q_dtype = key[0], key[7]
     if key not in _COMPILED_FFI:
-        kernel = SageAttnFwdSm90(out_dtype, head_dim, is_causal, granularity, pv_accum, has_lse, config, q_dtype)
-        args = _fake_args(out_dtype, head_dim, has_lse, ffi=True, o_div=_o_stride_div(config), q_dtype=q_dtype)
+        kernel = SageAttnFwdSm90(out_dtype, head_dim, is_causal, granularity, pv_accum, has_lse, config, q_dtype,
+                                 smooth_v)
+        args = _fake_args(out_dtype, head_dim, has_lse, ffi=True, o_div=_o_stride_div(config), q_dtype=q_dtype,
+                          smooth_v=smooth_v)
         _COMPILED_FFI[key] = cute.compile(
             kernel, *args, cutlass.Float32(1.0), cutlass.Int32(1),
             cute.runtime.make_fake_stream(use_tvm_ffi_env_stream=True),
@@ -213,7 +222,7 @@ def _to_cute(t, align=16):
     return ct.mark_layout_dynamic(leading_dim=t.ndim - 1)
 
 
-def _check_layouts(q_int8, q_scale, k_int8, k_scale, v_fp8, v_scale, o, lse) -> None:
+def _check_layouts(q_int8, q_scale, k_int8, k_scale, v_fp8, v_scale, o, lse, v_mean=None) -> None:
     """dtypes, devices, and what TMA needs of strides: last stride 1, 16-byte multiples."""
     import torch
 
@@ -230,6 +239,10 @@ def _check_layouts(q_int8, q_scale, k_int8, k_scale, v_fp8, v_scale, o, lse) -> 
         want["lse"] = (lse, torch.float32)
         if tuple(lse.shape) != tuple(q_int8.shape[:3]):
             raise ValueError(f"lse must be [B,Hq,Lq], got {tuple(lse.shape)}")
+    if v_mean is not None:
+        want["v_mean"] = (v_mean, torch.float32)
+        if tuple(v_mean.shape) != tuple(v_scale.shape):
+            raise ValueError(f"v_mean must be [B,Hkv,D] like v_scale, got {tuple(v_mean.shape)}")
     for name, (t, dtype) in want.items():
         if t.dtype != dtype:
             raise ValueError(f"{name} must be {dtype}, got {t.dtype}")
@@ -283,7 +296,8 @@ def _signature(tensors, is_causal, granularity, pv_accum, config) -> tuple:
     )  # fmt: skip
 
 
-def _plan(q_int8, q_scale, k_int8, k_scale, v_fp8, v_scale, o, lse, is_causal, granularity, pv_accum, config):
+def _plan(q_int8, q_scale, k_int8, k_scale, v_fp8, v_scale, o, lse, v_mean, is_causal, granularity, pv_accum,
+          config):
     B, Hq, Lq, D = q_int8.shape
     Bk, Hkv, Lk, Dk = k_int8.shape
     if (Bk, Dk) != (B, D) or Hq % Hkv != 0:
@@ -296,7 +310,7 @@ def _plan(q_int8, q_scale, k_int8, k_scale, v_fp8, v_scale, o, lse, is_causal, g
         raise ValueError("q_scale/k_scale too short for the granularity")
     if o.shape != q_int8.shape or o.stride(-1) != 1:
         raise ValueError("o must be [B,Hq,Lq,D] with last stride 1")
-    _check_layouts(q_int8, q_scale, k_int8, k_scale, v_fp8, v_scale, o, lse)
+    _check_layouts(q_int8, q_scale, k_int8, k_scale, v_fp8, v_scale, o, lse, v_mean)
     if Lq == 0 or Lk == 0 or B == 0:
         return _LaunchPlan(None, 0)
     q_dtype = _q_dtype(q_int8.dtype)
@@ -305,7 +319,8 @@ def _plan(q_int8, q_scale, k_int8, k_scale, v_fp8, v_scale, o, lse, is_causal, g
         raise ValueError(why)
     config = config or AttnFwdConfigSm90.tuned(D, is_causal, granularity, q_dtype is not cutlass.Int8, Lq)
     config = _fit_o_store(config, o)
-    key = _compile_key(o.dtype, D, is_causal, granularity, pv_accum, lse is not None, config, q_dtype)
+    key = _compile_key(o.dtype, D, is_causal, granularity, pv_accum, lse is not None, config, q_dtype,
+                       v_mean is not None)
     return _LaunchPlan(key, _num_sms(o.device.index or 0) if config.persistent else 2**30)
 
 
@@ -324,6 +339,7 @@ def attn_fwd_sm90(
     granularity: QuantGranularity,
     pv_accum: PvAccum,
     config: Optional[AttnFwdConfigSm90] = None,
+    v_mean=None,
 ) -> None:
     """Run the sm90 kernel; writes ``o`` (and ``lse`` when given) in place.
 
@@ -331,9 +347,10 @@ def attn_fwd_sm90(
     bf16/fp16 Q itself with q_scale None (quantized in the kernel, per_thread/per_warp
     only: Note [Fused Q quantization] in attn_fwd.py), k_int8 [B,Hkv,Lk,D],
     k_scale [B,Hkv,nk], v_fp8 [B,Hkv,D,Lpad] e4m3, v_scale [B,Hkv,D], o [B,Hq,Lq,D]
-    bf16/fp16 with any strides (last stride 1), lse None or fp32 [B,Hq,Lq].
+    bf16/fp16 with any strides (last stride 1), lse None or fp32 [B,Hq,Lq], v_mean None
+    or fp32 [B,Hkv,D]: V was quantized minus it (smooth_v), the kernel adds it to O.
     """
-    args = (q_int8, q_scale, k_int8, k_scale, v_fp8, v_scale, o, lse)
+    args = (q_int8, q_scale, k_int8, k_scale, v_fp8, v_scale, o, lse, v_mean)
     sig = _signature(args, is_causal, granularity, pv_accum, config)
     plan = cached_plan(_PLANS, sig, lambda: _plan(*args, is_causal, granularity, pv_accum, config))
     _check_pointers(q_int8, k_int8, v_fp8, o)
@@ -341,21 +358,23 @@ def attn_fwd_sm90(
         return
     scale_log2 = float(sm_scale * LOG2E)
     _PATH.launch(
-        lambda: _launch_ffi(plan, q_int8, q_scale, k_int8, k_scale, v_fp8, v_scale, o, lse, scale_log2),
-        lambda: _launch_pointer(plan.key, q_int8, q_scale, k_int8, k_scale, v_fp8, v_scale, o, lse, sm_scale,
+        lambda: _launch_ffi(plan, q_int8, q_scale, k_int8, k_scale, v_fp8, v_scale, o, lse, v_mean, scale_log2),
+        lambda: _launch_pointer(plan.key, q_int8, q_scale, k_int8, k_scale, v_fp8, v_scale, o, lse, v_mean, sm_scale,
                                 plan.max_ctas),
     )  # fmt: skip
 
 
-def _launch_ffi(plan, q_int8, q_scale, k_int8, k_scale, v_fp8, v_scale, o, lse, scale_log2) -> None:
+def _launch_ffi(plan, q_int8, q_scale, k_int8, k_scale, v_fp8, v_scale, o, lse, v_mean, scale_log2) -> None:
     import torch
 
     if plan.ffi is None:
         plan.ffi = compile_attn_fwd_sm90_ffi(*plan.key)
-    plan.ffi(q_int8, q_scale, k_int8, k_scale, v_fp8.view(torch.uint8), v_scale, o, lse, scale_log2, plan.max_ctas)
+    plan.ffi(q_int8, q_scale, k_int8, k_scale, v_fp8.view(torch.uint8), v_scale, o, lse, v_mean, scale_log2,
+             plan.max_ctas)
 
 
-def _launch_pointer(key, q_int8, q_scale, k_int8, k_scale, v_fp8, v_scale, o, lse, sm_scale, max_ctas) -> None:
+def _launch_pointer(key, q_int8, q_scale, k_int8, k_scale, v_fp8, v_scale, o, lse, v_mean, sm_scale,
+                    max_ctas) -> None:
     import torch
     import cuda.bindings.driver as cuda
 
@@ -369,6 +388,7 @@ def _launch_pointer(key, q_int8, q_scale, k_int8, k_scale, v_fp8, v_scale, o, ls
         _to_cute(v_scale, 4),
         _to_cute(o),
         _to_cute(lse, 4) if lse is not None else None,
+        _to_cute(v_mean, 4) if v_mean is not None else None,
         cutlass.Float32(sm_scale * LOG2E),
         cutlass.Int32(max_ctas),
         stream,
@@ -407,9 +427,11 @@ class Sm90Variant(NamedTuple):
     has_lse: bool
     config: AttnFwdConfigSm90
     q_dtype: Any = cutlass.Int8  # Int8: pre-quantized Q; bf16/fp16: Q quantized in the kernel
+    smooth_v: bool = False  # V mean added back to O (Note [V mean] in kernels/common/quant_qkv.py)
 
 
-def variant_name(out_dtype, head_dim, is_causal, granularity, pv_accum, has_lse, config, q_dtype=cutlass.Int8) -> str:
+def variant_name(out_dtype, head_dim, is_causal, granularity, pv_accum, has_lse, config, q_dtype=cutlass.Int8,
+                 smooth_v=False) -> str:
     default = AttnFwdConfigSm90.default(head_dim)
     tweaks = "".join(
         f"_{f}={getattr(config, f)}" for f in config.__dataclass_fields__ if getattr(config, f) != getattr(default, f)
@@ -418,7 +440,7 @@ def variant_name(out_dtype, head_dim, is_causal, granularity, pv_accum, has_lse,
         f"sm90_{_out_dtype(out_dtype).__name__.lower()}_d{head_dim}"
         f"_{'causal' if is_causal else 'full'}_{granularity.value}"
         f"_{pv_accum.value.replace('+', '_')}{'_lse' if has_lse else ''}{tweaks}"
-        f"{'' if _q_dtype(q_dtype) is cutlass.Int8 else '_fusedq'}"
+        f"{'' if _q_dtype(q_dtype) is cutlass.Int8 else '_fusedq'}{'_smoothv' if smooth_v else ''}"
     )
 
 
@@ -445,6 +467,10 @@ def all_variants(quick: bool = False):
         for pv in (PvAccum.FP32_FP16, PvAccum.FP32):
             yield Sm90Variant(cutlass.BFloat16, 128, False, QuantGranularity.PER_THREAD, pv, True,
                               AttnFwdConfigSm90.after_preprocess(128), cutlass.BFloat16)
+    # smooth_v (Note [V mean]): the API's d128 and d64 (three consumer warpgroups) paths
+    for head_dim in () if quick else (128, 64):
+        yield Sm90Variant(cutlass.BFloat16, head_dim, False, QuantGranularity.PER_THREAD, PvAccum.FP32_FP32, True,
+                          AttnFwdConfigSm90.after_preprocess(head_dim), cutlass.BFloat16, True)
 
 
 def _summary(sass: dict, kernel: SageAttnFwdSm90) -> dict:
@@ -468,10 +494,12 @@ def compile_one_to_cubin(variant: Sm90Variant, out_dir: str) -> CompileResult:
     os.makedirs(vdir, exist_ok=True)
     t0 = time.time()
     try:
-        out_dtype, head_dim, is_causal, gran, pv, has_lse, config, q_dtype = Sm90Variant(*variant)
+        out_dtype, head_dim, is_causal, gran, pv, has_lse, config, q_dtype, smooth_v = Sm90Variant(*variant)
         q_dtype = _q_dtype(q_dtype)
-        kernel = SageAttnFwdSm90(_out_dtype(out_dtype), head_dim, is_causal, gran, pv, has_lse, config, q_dtype)
-        args = _fake_args(_out_dtype(out_dtype), head_dim, has_lse, o_div=_o_stride_div(config), q_dtype=q_dtype)
+        kernel = SageAttnFwdSm90(_out_dtype(out_dtype), head_dim, is_causal, gran, pv, has_lse, config, q_dtype,
+                                 smooth_v)
+        args = _fake_args(_out_dtype(out_dtype), head_dim, has_lse, o_div=_o_stride_div(config), q_dtype=q_dtype,
+                          smooth_v=smooth_v)
         with sass_report.keep_artifacts(vdir):
             cute.compile(kernel, *args, cutlass.Float32(1.0), cutlass.Int32(1), cute.runtime.make_fake_stream())
         cubin = sass_report.find_cubin(vdir)

@@ -22,8 +22,6 @@ def can_implement(cfg) -> tuple[bool, str]:
         return False, f"pv_accum_dtype={cfg.pv_accum_dtype!r} has no sm90 kernel (supported: {', '.join(SUPPORTED_PV_ACCUM)})"
     if cfg.qk_quant_gran not in SUPPORTED_GRANULARITY:
         return False, f"qk_quant_gran={cfg.qk_quant_gran!r} has no sm90 kernel"
-    if cfg.smooth_v:
-        return False, "smooth_v has no sm90 kernel"
     if cfg.smooth_q:
         return False, "smooth_q (delta_s) has no sm90 kernel yet"
     if not _kernel_available():
