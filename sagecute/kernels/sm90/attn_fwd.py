@@ -30,10 +30,11 @@ Limits: head_dim 64 or 128; Lq, Lk >= 1 arbitrary; V padded to a multiple of til
 (``quant_layout.padded_kv_len``); causal is top-left (key j visible to query i iff
 j <= i). Scale layouts: ``quant_layout.SM90_GEOMETRY`` (per_thread, per_warp, per_block).
 
-Hardware status: the whole GPU suite (tests/*_gpu.py, 192 tests) passed on an H100
-at e505c2a (and at 370ddb8, the one-conversion int8 rounding of the Q tile);
-compute-sanitizer memcheck (device errors; the DSL's host cuGetProcAddress probe is
-reported as an API error) and racecheck clean at 99829d6 (perf/sanitize_sm90.py).
+Hardware status: the whole GPU suite (tests/*_gpu.py, 211 tests, smooth_v included)
+passed on an H200 at a13fae1 (192 on an H100 at e505c2a); compute-sanitizer memcheck
+(device errors; the DSL's host cuGetProcAddress probe is reported as an API error)
+and racecheck clean on an H200 at a13fae1 (perf/sanitize_sm90.py, with two smooth_v
+shapes).
 """
 
 from __future__ import annotations
