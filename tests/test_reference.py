@@ -92,6 +92,32 @@ def test_v_fp8_layout_roundtrip(length):
     assert (v8.float()[..., -(-length // 16) * 16 :] == 0).all()  # whole padding groups are zero
 
 
+@pytest.mark.parametrize("kind", ["biased", "positive", "negative", "const", "fp16max"])
+def test_v_mean_amax_identity(kind):
+    """Note [V mean] (kernels/common/quant_qkv.py): the kernel's scale comes from
+    max(max - mean, mean - min) in fp32, which must equal the reference's amax of
+    |v - mean| bit for bit on any input (rounding is monotonic and odd)."""
+    g = torch.Generator().manual_seed(5)
+    v = torch.randn(2, 3, 777, 64, generator=g)
+    if kind == "biased":
+        v = v + 4 * torch.randn(2, 3, 1, 64, generator=g)
+    elif kind == "positive":
+        v = v.abs() + 10.0
+    elif kind == "negative":
+        v = -v.abs() - 3.0
+    elif kind == "const":
+        v = torch.full_like(v, -0.3)
+    else:
+        v = v.clamp(-1, 1) * 65000.0
+    vf = v.to(torch.float16 if kind == "fp16max" else torch.bfloat16).float()
+    mean = vf.sum(dim=2) / torch.full_like(vf[:, :, 0], vf.shape[2])  # some fp32 mean
+    want = (vf - mean.unsqueeze(2)).abs().amax(dim=2)
+    got = torch.maximum(vf.amax(dim=2) - mean, mean + (-vf).amax(dim=2))
+    assert torch.equal(got, want)
+    _, vs = R.quantize_v_fp8(vf, SM90_GEOMETRY, mean=mean)
+    assert torch.equal(vs, want / torch.full_like(want, 448.0))
+
+
 def test_e4m3_saturates_and_e2m1_ties():
     assert R.e4m3_round(torch.tensor([480.0, -1e6, 448.0])).tolist() == [448.0, -448.0, 448.0]
     x = torch.tensor([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, 7.0, -0.75])
@@ -146,6 +172,15 @@ def test_k_smoothing_reduces_outlier_error(arch):
     smoothed = _err("outlier", arch, smooth_k=True)
     raw = _err("outlier", arch, smooth_k=False)
     assert smoothed.rel_l1 < 0.8 * raw.rel_l1, (smoothed, raw)
+
+
+@pytest.mark.parametrize("pv", ["fp32+fp32", "fp32+fp16"])
+def test_v_smoothing_reduces_v_bias_error(pv):
+    """smooth_v (Note [V mean]): on V channel biases the FP8 V keeps more of the
+    part that varies; the mean comes back exactly through the softmax row sum."""
+    smoothed = _err("outlier_kv", "sm90", smooth_v=True, pv_accum_dtype=pv)
+    raw = _err("outlier_kv", "sm90", smooth_v=False, pv_accum_dtype=pv)
+    assert smoothed.rel_l1 < 0.95 * raw.rel_l1, (smoothed, raw)
 
 
 def test_q_smoothing_with_delta_s_reduces_error():
