@@ -54,10 +54,13 @@ def _variants():
         # three consumer warpgroups at 160 registers (Note [Three consumer warpgroups])
         V(cutlass.BFloat16, 64, True, T, PvAccum.FP32, False, dataclasses.replace(cfg, tile_m=192, mainloop_unroll=1),
           cutlass.BFloat16),
+        # smooth_v: the V mean added back in the epilogue (Note [V mean] in kernels/common/quant_qkv.py)
+        V(cutlass.BFloat16, 128, False, T, PvAccum.FP32_FP32, True, dataclasses.replace(cfg, pdl=True),
+          cutlass.BFloat16, True),
     ]
 
 
-@pytest.mark.parametrize("variant", range(8))
+@pytest.mark.parametrize("variant", range(9))
 def test_sm90_compiles_without_spills(variant, tmp_path):
     from sagecute.kernels.sm90.launch import compile_one_to_cubin
 
