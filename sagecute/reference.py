@@ -133,6 +133,11 @@ def k_mean(k: torch.Tensor) -> torch.Tensor:
     return k.mean(dim=2, keepdim=True)
 
 
+def v_mean(v: torch.Tensor) -> torch.Tensor:
+    """Sequence mean of V per (batch, head, channel), fp32 [B,H,D] (smooth_v)."""
+    return v.float().mean(dim=2)
+
+
 def _group_index(length_padded: int, gran: QuantGranularity, geom: QuantGeometry, is_k: bool, device):
     rows = torch.arange(length_padded, device=device)
     if gran is QuantGranularity.PER_BLOCK:
@@ -339,7 +344,7 @@ def _emulate_int8_fp8(
     else:
         q8, qs = quantize_qk_int8(qh, gran, geom, is_k=False)
         delta_s_rows = None
-    vm = vh.float().mean(dim=2) if smooth_v else None
+    vm = v_mean(vh) if smooth_v else None
     scale_max = FP8_SCALE_MAX_FP16_ACCUM if pv_accum is PvAccum.FP32_FP16 else FP8_E4M3_MAX
     v8, vs = quantize_v_fp8(vh, geom, scale_max=scale_max, mean=vm)
     v8 = unpermute_v_fp8(v8, lk)  # fp32 payload [B,Hkv,Lk,D]

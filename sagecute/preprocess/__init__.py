@@ -85,6 +85,6 @@ def quantize_inputs(
         km = reference.k_mean(kh) if smooth_k else None
         q8, qs = reference.quantize_qk_int8(qh, granularity, SM90_GEOMETRY, is_k=False)
         k8, ks = reference.quantize_qk_int8(kh, granularity, SM90_GEOMETRY, is_k=True, mean=km)
-        vm = vh.float().mean(dim=2) if smooth_v else None
+        vm = reference.v_mean(vh) if smooth_v else None
         v8, vs = reference.quantize_v_fp8(vh, SM90_GEOMETRY, scale_max=scale_max, mean=vm)
     return QuantizedInputs(q8, qs, k8, ks, v8, vs, km, granularity, pv_accum, vm)

@@ -603,7 +603,7 @@ def quantize_qkv_cute(
         q8, qs = _quantize_int8(q, g, False, None, geom) if with_q else (None, None)
         k8, ks, km = quantize_k_int8_cute(k, g, smooth_k, geom)
         if smooth_v:  # no standalone V kernel takes a mean: the torch quantizer (same numerics)
-            vm = v.float().mean(dim=2)
+            vm = reference.v_mean(v)
             v8, vs = reference.quantize_v_fp8(v, geom, scale_max=scale_max, mean=vm)
         else:
             v8, vs, vm = *quantize_v_fp8_cute(v, scale_max, geom), None

@@ -129,10 +129,19 @@ _COMPILED: dict = {}
 
 
 def _compile_key(out_dtype, head_dim, is_causal, granularity, pv_accum, has_lse, config, q_dtype=cutlass.Int8,
-                 smooth_v=False):
-    """Exactly what changes the generated code (STYLE.md): nothing shape-dependent."""
-    return (_out_dtype(out_dtype), head_dim, bool(is_causal), granularity, pv_accum, has_lse, config,
-            _q_dtype(q_dtype), bool(smooth_v))  # fmt: skip
+                 smooth_v=False) -> "Sm90Variant":
+    """Exactly what changes the generated code (STYLE.md): nothing shape-dependent; the
+    dtypes as cutlass types."""
+    return Sm90Variant(_out_dtype(out_dtype), head_dim, bool(is_causal), granularity, pv_accum, has_lse, config,
+                       _q_dtype(q_dtype), bool(smooth_v))  # fmt: skip
+
+
+def _kernel_and_fake_args(key: "Sm90Variant", ffi: bool = False) -> tuple:
+    """The kernel of a compile key and fake arguments with symbolic shapes for it."""
+    kernel = SageAttnFwdSm90(*key)
+    args = _fake_args(key.out_dtype, key.head_dim, key.has_lse, ffi=ffi, o_div=_o_stride_div(key.config),
+                      q_dtype=key.q_dtype, smooth_v=key.smooth_v)
+    return kernel, args
 
 
 def compile_attn_fwd_sm90(
@@ -152,17 +161,12 @@ def compile_attn_fwd_sm90(
     call (cute tensors with dynamic layouts, scalars, stream); without them the
     variant is compiled from fake tensors with symbolic shapes (no GPU needed)."""
     key = _compile_key(out_dtype, head_dim, is_causal, granularity, pv_accum, has_lse, config, q_dtype, smooth_v)
-    out_dtype, q_dtype = key[0], key[7]
     if example_args is not None and key in _COMPILED:
         return _COMPILED[key]
-    kernel = SageAttnFwdSm90(out_dtype, head_dim, is_causal, granularity, pv_accum, has_lse, config, q_dtype, smooth_v)
+    kernel, fake_args = _kernel_and_fake_args(key)
     if example_args is None:
         # AOT check only: not cached, the runtime path compiles from its real arguments
-        example_args = (*_fake_args(out_dtype, head_dim, has_lse, o_div=_o_stride_div(config), q_dtype=q_dtype,
-                                    smooth_v=smooth_v),
-                        cutlass.Float32(1.0),
-                        cutlass.Int32(1), cute.runtime.make_fake_stream())
-        return cute.compile(kernel, *example_args)
+        return cute.compile(kernel, *fake_args, cutlass.Float32(1.0), cutlass.Int32(1), cute.runtime.make_fake_stream())
     compiled = cute.compile(kernel, *example_args)
     _COMPILED[key] = compiled
     return compiled
@@ -185,12 +189,8 @@ def compile_attn_fwd_sm90_ffi(
     """The TVM-FFI entry of the same kernel (Note [Two launch paths]): compiled once per
     key from fake tensors with symbolic shapes; takes torch tensors directly."""
     key = _compile_key(out_dtype, head_dim, is_causal, granularity, pv_accum, has_lse, config, q_dtype, smooth_v)
-    out_dtype, q_dtype = key[0], key[7]
     if key not in _COMPILED_FFI:
-        kernel = SageAttnFwdSm90(out_dtype, head_dim, is_causal, granularity, pv_accum, has_lse, config, q_dtype,
-                                 smooth_v)
-        args = _fake_args(out_dtype, head_dim, has_lse, ffi=True, o_div=_o_stride_div(config), q_dtype=q_dtype,
-                          smooth_v=smooth_v)
+        kernel, args = _kernel_and_fake_args(key, ffi=True)
         _COMPILED_FFI[key] = cute.compile(
             kernel, *args, cutlass.Float32(1.0), cutlass.Int32(1),
             cute.runtime.make_fake_stream(use_tvm_ffi_env_stream=True),
@@ -494,12 +494,7 @@ def compile_one_to_cubin(variant: Sm90Variant, out_dir: str) -> CompileResult:
     os.makedirs(vdir, exist_ok=True)
     t0 = time.time()
     try:
-        out_dtype, head_dim, is_causal, gran, pv, has_lse, config, q_dtype, smooth_v = Sm90Variant(*variant)
-        q_dtype = _q_dtype(q_dtype)
-        kernel = SageAttnFwdSm90(_out_dtype(out_dtype), head_dim, is_causal, gran, pv, has_lse, config, q_dtype,
-                                 smooth_v)
-        args = _fake_args(_out_dtype(out_dtype), head_dim, has_lse, o_div=_o_stride_div(config), q_dtype=q_dtype,
-                          smooth_v=smooth_v)
+        kernel, args = _kernel_and_fake_args(_compile_key(*variant))
         with sass_report.keep_artifacts(vdir):
             cute.compile(kernel, *args, cutlass.Float32(1.0), cutlass.Int32(1), cute.runtime.make_fake_stream())
         cubin = sass_report.find_cubin(vdir)
