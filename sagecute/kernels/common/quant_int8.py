@@ -39,7 +39,7 @@ from cutlass import Float32, Int32, Int64, const_expr
 from cutlass.cutlass_dsl import Numeric
 
 from ...quant_layout import INT8_AMAX_FLOOR, INT8_MAX, QuantGeometry, QuantGranularity
-from .quant_math import div_rn, gmem_vec, quantize_int8x4, warp_max_bfly, widen_row
+from .quant_math import div_rn, gmem_vec, quantize_int8x4, recompute_here, warp_max_bfly, widen_row
 
 VEC = 8  # 16-byte vectors of bf16/fp16
 
@@ -253,7 +253,10 @@ class QuantizeInt8:
         if const_expr(len(self.warp_offsets) > 0):
             s_partial[tid] = amax
             cute.arch.sync_threads()
-            row_in_warp0 = tid & ~(self.group_mask & ~31)  # this row's lane bits, group's first warp
+            # this row's lane bits, group's first warp; recomputed per block (not hoisted:
+            # two addresses live through the K/V kernel's block loop cost a spill at 128
+            # registers)
+            row_in_warp0 = recompute_here(tid) & ~(self.group_mask & ~31)
             for k in cutlass.range_constexpr(len(self.warp_offsets)):
                 amax = cute.arch.fmax(amax, s_partial[row_in_warp0 | self.warp_offsets[k]])
         amax = cute.arch.fmax(amax, Float32(INT8_AMAX_FLOOR))
@@ -268,6 +271,7 @@ class QuantizeInt8:
         # 4. quantize from registers, 8 int8 = 2 words per row
         words_per_row = self.head_dim // 4
         o_base = bh * Int64(seqlen) * Int64(words_per_row)
+        o_first = o_base + Int64(row0 + row_in_pass) * Int64(words_per_row) + Int64(col // 4)
         rOut = cute.make_rmem_tensor(cute.make_layout(2), Int32)
         for i in cutlass.range_constexpr(rpt):
             row = row0 + row_in_pass + rpp * i
@@ -277,8 +281,7 @@ class QuantizeInt8:
                 xq = [self._minus_mean(x, mean_f32, e) for e, x in enumerate(widen_row(rX[None, i], 1))]
                 rOut[0] = quantize_int8x4(xq[0], xq[1], xq[2], xq[3], inv)
                 rOut[1] = quantize_int8x4(xq[4], xq[5], xq[6], xq[7], inv)
-                o_off = o_base + Int64(row) * Int64(words_per_row) + Int64(col // 4)
-                gmem_vec(x_int8, o_off, 2, 2).store(rOut.load())
+                gmem_vec(x_int8, o_first + Int64(rpp * i * words_per_row), 2, 2).store(rOut.load())
         # the next block's step 2 rewrites s_row_amax / s_inv
         cute.arch.sync_threads()
 

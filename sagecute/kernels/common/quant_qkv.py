@@ -204,6 +204,8 @@ class QuantizeQKV:
             cluster=[self.splits, 1, 1],
             smem=self.smem_bytes(),
             stream=stream,
+            min_blocks_per_mp=4 if const_expr(self.head_dim == 128 and not self.smooth_v) else 0,
+            preferred_smem_carveout=-1 if const_expr(self.head_dim == 128 and not self.smooth_v) else None,
         )
 
     def num_stats(self) -> int:
