@@ -1,0 +1,131 @@
+"""Where an end-to-end ``sageattn`` call's GPU time goes (GPU): the kernels of a few
+back-to-back calls from a torch.profiler trace, each with its duration and the gap
+before it, next to the kernel-only attention and the preprocessing timed alone.
+
+    python perf/e2e_breakdown.py [--L 1024,8192] [--D 128,64] [--B 4] [--H 32] [--calls 4]
+    python perf/e2e_breakdown.py --ab      # PDL A/B: e2e with and without it, kernel alone
+
+``--ab`` times, interleaved (best of rounds): the kernel alone as the bench runs it
+(no PDL), the kernel alone with the API's PDL config, the API call, and the API call
+with the attention launched without PDL.
+
+Per call: prep = the K/V preprocessing kernel, attn = the attention kernel (its
+duration in the trace starts at its launch, so with PDL it includes the time its
+early CTAs waited on the preprocessing), span = first kernel start to last kernel end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+import sagecute  # noqa: E402
+from sagecute import api  # noqa: E402
+
+
+def _kernels(fn, calls: int) -> list[dict]:
+    """GPU kernel events (name, ts, dur in us) of ``calls`` back-to-back ``fn()``."""
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "trace.json")
+        prof.export_chrome_trace(path)
+        with open(path) as f:
+            events = json.load(f)["traceEvents"]
+    ks = [e for e in events if e.get("cat") == "kernel"]
+    return sorted(({"name": e["name"], "ts": float(e["ts"]), "dur": float(e["dur"])} for e in ks), key=lambda e: e["ts"])
+
+
+def _event_ms(fn, n: int = 10) -> float:
+    fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(n):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / n
+
+
+def _ab(q, k, v, flops, rounds: int = 4):
+    prepared = api.prepare_inputs(q, k, v)
+    api_config = api._sm90_config_after_preprocess
+    b, h, lq, d = q.shape
+
+    def e2e_no_pdl():
+        api._sm90_config_after_preprocess = lambda *a: dataclasses.replace(api_config(*a), pdl=False)
+        try:
+            return sagecute.sageattn(q, k, v)
+        finally:
+            api._sm90_config_after_preprocess = api_config
+
+    variants = {
+        "kernel": lambda: api.attention_prepared(prepared),
+        "kernel pdl": lambda: api._run_sm90_prepared(prepared, after_preprocess=True),
+        "e2e": lambda: sagecute.sageattn(q, k, v),
+        "e2e no pdl": e2e_no_pdl,
+    }
+    best = {name: float("inf") for name in variants}
+    for _ in range(rounds):
+        for name, fn in variants.items():
+            best[name] = min(best[name], _event_ms(fn))
+    for name, ms in best.items():
+        print(f"    {name:12s} {ms * 1e3:9.1f} us {flops / ms / 1e9:6.0f} TOPS")
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--L", default="1024,8192")
+    p.add_argument("--D", default="128,64")
+    p.add_argument("--B", type=int, default=4)
+    p.add_argument("--H", type=int, default=32)
+    p.add_argument("--calls", type=int, default=4)
+    p.add_argument("--ab", action="store_true")
+    args = p.parse_args()
+    print(torch.cuda.get_device_name())
+    for d in (int(x) for x in args.D.split(",")):
+        for length in (int(x) for x in args.L.split(",")):
+            q, k, v = (torch.randn(args.B, args.H, length, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+            flops = 4 * args.B * args.H * length * length * d
+            if args.ab:
+                print(f"D{d} L{length}:")
+                _ab(q, k, v, flops)
+                continue
+            e2e = lambda: sagecute.sageattn(q, k, v)  # noqa: E731
+            prepared = api.prepare_inputs(q, k, v)
+            kernel = lambda: api.attention_prepared(prepared)  # noqa: E731
+            prep = lambda: api.prepare_inputs(q, k, v)  # noqa: E731
+            for _ in range(3):
+                e2e(), kernel(), prep()
+            t_e2e, t_kernel, t_prep = (_event_ms(f) for f in (e2e, kernel, prep))
+            print(f"D{d} L{length}: events e2e {t_e2e * 1e3:8.1f} us ({flops / t_e2e / 1e9:5.0f} TOPS), "
+                  f"kernel {t_kernel * 1e3:8.1f} us ({flops / t_kernel / 1e9:5.0f}), prep alone {t_prep * 1e3:7.1f} us; "
+                  f"e2e - kernel = {(t_e2e - t_kernel) * 1e3:6.1f} us")
+            ks = _kernels(e2e, args.calls)
+            prev_end = None
+            for e in ks:
+                gap = "" if prev_end is None else f"gap {e['ts'] - prev_end:7.1f}"
+                print(f"    {e['name'][:60]:60s} {e['dur']:8.1f} us {gap}")
+                prev_end = e["ts"] + e["dur"]
+            if ks:
+                span = ks[-1]["ts"] + ks[-1]["dur"] - ks[0]["ts"]
+                print(f"    {len(ks)} kernels in {args.calls} calls, span {span / args.calls:8.1f} us per call")
+            kk = _kernels(kernel, args.calls)
+            if kk:
+                print(f"    kernel only: {[round(e['dur'], 1) for e in kk]} us")
+
+
+if __name__ == "__main__":
+    main()
