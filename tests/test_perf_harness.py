@@ -585,3 +585,23 @@ def test_host_overhead_fake_mode_runs():
                        capture_output=True, text=True, timeout=300)  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
     assert "host time per call" in r.stdout
+
+
+
+def test_source_hash_names_the_sources(tmp_path):
+    """versions() records a hash of the package sources (a GPU machine's .git may be
+    stale): stable, blind to caches, changed by any source byte or file name."""
+    assert cli.versions()["sagecute source"] == cli.source_hash()
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a.py").write_text("x = 1\n")
+    (tmp_path / "sub" / "b.py").write_text("y = 2\n")
+    first = cli.source_hash(tmp_path)
+    assert len(first) == 12 and cli.source_hash(tmp_path) == first
+    (tmp_path / "__pycache__").mkdir()
+    (tmp_path / "__pycache__" / "c.py").write_text("z = 3\n")
+    assert cli.source_hash(tmp_path) == first
+    (tmp_path / "sub" / "b.py").write_text("y = 3\n")
+    assert cli.source_hash(tmp_path) != first
+    (tmp_path / "sub" / "b.py").write_text("y = 2\n")
+    (tmp_path / "sub" / "b.py").rename(tmp_path / "sub" / "c.py")
+    assert cli.source_hash(tmp_path) != first

@@ -116,6 +116,22 @@ def repo_root() -> Path:
     return Path(__file__).resolve().parents[2]
 
 
+def source_hash(pkg: Path | None = None) -> str:
+    """12 hex digits of a sha256 over the package's Python sources (relative paths and
+    bytes, in path order): names the code a run measured even where the tree's .git is
+    stale or absent (a GPU machine's copy). ``python -c "from sagecute.perf.cli import
+    source_hash; print(source_hash())"`` at a checkout gives the same digits."""
+    import hashlib
+
+    pkg = pkg or Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for f in sorted(pkg.rglob("*.py")):
+        if "__pycache__" in f.parts:
+            continue
+        h.update(f.relative_to(pkg).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:12]
+
+
 def default_out_dir(device_name: str, quick: bool, date: str) -> Path:
     return repo_root() / "perf" / "results" / f"{date}_{gpu_slug(device_name)}{'-quick' if quick else ''}"
 
@@ -172,6 +188,7 @@ def versions() -> dict:
     sha = os.environ.get("SAGECUTE_GIT_SHA") or _run(["git", "-C", str(repo_root()), "rev-parse", "--short", "HEAD"])
     if sha:
         v["sagecute git"] = sha
+    v["sagecute source"] = source_hash()
     return v
 
 
