@@ -29,6 +29,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import sagecute  # noqa: E402
 from sagecute import api  # noqa: E402
+from sagecute.perf.timing import loop_ms  # noqa: E402
 
 
 def _kernels(fn, calls: int) -> list[dict]:
@@ -45,18 +46,6 @@ def _kernels(fn, calls: int) -> list[dict]:
             events = json.load(f)["traceEvents"]
     ks = [e for e in events if e.get("cat") == "kernel"]
     return sorted(({"name": e["name"], "ts": float(e["ts"]), "dur": float(e["dur"])} for e in ks), key=lambda e: e["ts"])
-
-
-def _event_ms(fn, n: int = 10) -> float:
-    fn()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(n):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / n
 
 
 def _ab(q, k, v, flops, rounds: int = 4):
@@ -80,7 +69,7 @@ def _ab(q, k, v, flops, rounds: int = 4):
     best = {name: float("inf") for name in variants}
     for _ in range(rounds):
         for name, fn in variants.items():
-            best[name] = min(best[name], _event_ms(fn))
+            best[name] = min(best[name], loop_ms(fn, 10, rounds=1))
     for name, ms in best.items():
         print(f"    {name:12s} {ms * 1e3:9.1f} us {flops / ms / 1e9:6.0f} TOPS")
 
@@ -109,7 +98,7 @@ def main():
             prep = lambda: api.prepare_inputs(q, k, v)  # noqa: E731
             for _ in range(3):
                 e2e(), kernel(), prep()
-            t_e2e, t_kernel, t_prep = (_event_ms(f) for f in (e2e, kernel, prep))
+            t_e2e, t_kernel, t_prep = (loop_ms(f, 10, rounds=1) for f in (e2e, kernel, prep))
             print(f"D{d} L{length}: events e2e {t_e2e * 1e3:8.1f} us ({flops / t_e2e / 1e9:5.0f} TOPS), "
                   f"kernel {t_kernel * 1e3:8.1f} us ({flops / t_kernel / 1e9:5.0f}), prep alone {t_prep * 1e3:7.1f} us; "
                   f"e2e - kernel = {(t_e2e - t_kernel) * 1e3:6.1f} us")
