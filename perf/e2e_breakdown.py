@@ -4,10 +4,18 @@ before it, next to the kernel-only attention and the preprocessing timed alone.
 
     python perf/e2e_breakdown.py [--L 1024,8192] [--D 128,64] [--B 4] [--H 32] [--calls 4]
     python perf/e2e_breakdown.py --ab      # PDL A/B: e2e with and without it, kernel alone
+    python perf/e2e_breakdown.py --after   # the attention kernel's duration after each predecessor
 
 ``--ab`` times, interleaved (best of rounds): the kernel alone as the bench runs it
 (no PDL), the kernel alone with the API's PDL config, the API call, and the API call
 with the attention launched without PDL.
+
+``--after`` asks why the attention runs slower right after the preprocessing than back
+to back with itself: from profiler traces, the attention kernel's median duration when
+each call is [predecessor; attention alone, no PDL] for the predecessors: none, the
+preprocessing, the preprocessing then a ~200 us idle kernel (``torch.cuda._sleep``:
+if the time recovers, it is the clocks or power, not the memory system), and a
+device copy moving as many bytes as the preprocessing (any memory-bound kernel?).
 
 Per call: prep = the K/V preprocessing kernel, attn = the attention kernel (its
 duration in the trace starts at its launch, so with PDL it includes the time its
@@ -74,6 +82,30 @@ def _ab(q, k, v, flops, rounds: int = 4):
         print(f"    {name:12s} {ms * 1e3:9.1f} us {flops / ms / 1e9:6.0f} TOPS")
 
 
+def _after(q, k, v, calls: int = 6):
+    prepared = api.prepare_inputs(q, k, v)
+    n = (k.numel() + v.numel()) * 3 // 2  # bytes the preprocessing moves, over 2 (read + write)
+    src = torch.empty(n, dtype=torch.uint8, device=q.device)
+    dst = torch.empty_like(src)
+    cycles = 400_000  # torch.cuda._sleep counts SM clocks: ~200 us at ~2 GHz
+    predecessors = {
+        "none": lambda: None,
+        "preprocessing": lambda: api.prepare_inputs(q, k, v),
+        "prep + 200 us idle": lambda: (api.prepare_inputs(q, k, v), torch.cuda._sleep(cycles)),
+        "copy": lambda: dst.copy_(src),
+    }
+    for name, before in predecessors.items():
+        def call(before=before):
+            before()
+            api.attention_prepared(prepared)
+
+        call()
+        ks = [e for e in _kernels(call, calls) if "attn_fwd" in e["name"]]
+        durs = sorted(e["dur"] for e in ks)
+        med = durs[len(durs) // 2] if durs else float("nan")
+        print(f"    after {name:20s}: attention {med:8.1f} us (median of {len(durs)})")
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--L", default="1024,8192")
@@ -82,15 +114,19 @@ def main():
     p.add_argument("--H", type=int, default=32)
     p.add_argument("--calls", type=int, default=4)
     p.add_argument("--ab", action="store_true")
+    p.add_argument("--after", action="store_true")
     args = p.parse_args()
     print(torch.cuda.get_device_name())
     for d in (int(x) for x in args.D.split(",")):
         for length in (int(x) for x in args.L.split(",")):
             q, k, v = (torch.randn(args.B, args.H, length, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
             flops = 4 * args.B * args.H * length * length * d
-            if args.ab:
+            if args.ab or args.after:
                 print(f"D{d} L{length}:")
-                _ab(q, k, v, flops)
+                if args.ab:
+                    _ab(q, k, v, flops)
+                else:
+                    _after(q, k, v)
                 continue
             e2e = lambda: sagecute.sageattn(q, k, v)  # noqa: E731
             prepared = api.prepare_inputs(q, k, v)
