@@ -59,7 +59,6 @@ def _kernels(fn, calls: int) -> list[dict]:
 def _ab(q, k, v, flops, rounds: int = 4):
     prepared = api.prepare_inputs(q, k, v)
     api_config = api._sm90_config_after_preprocess
-    b, h, lq, d = q.shape
 
     def e2e_no_pdl():
         api._sm90_config_after_preprocess = lambda *a: dataclasses.replace(api_config(*a), pdl=False)

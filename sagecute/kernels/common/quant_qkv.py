@@ -148,6 +148,10 @@ class QuantizeQKV:
         # kernel adds back to O
         self.smooth_v = smooth_v
         self.splits = splits
+        # D128 K/V: cap at 128 registers for 4 CTAs per SM (ptxas would take 130, i.e. 3
+        # per SM; spill-free at 128, H200 L1k 39.9 -> 35.6 us). smooth_v needs ~140 and
+        # D64 fits anyway: no cap (0)
+        self.min_ctas_per_sm = 4 if head_dim == 128 and not smooth_v else 0
         # False: K and V only (the attention kernel quantizes Q itself, Note [Fused Q
         # quantization] in kernels/sm90/attn_fwd.py); the grid then has Hkv rows
         self.with_q = with_q
@@ -204,8 +208,10 @@ class QuantizeQKV:
             cluster=[self.splits, 1, 1],
             smem=self.smem_bytes(),
             stream=stream,
-            min_blocks_per_mp=4 if const_expr(self.head_dim == 128 and not self.smooth_v) else 0,
-            preferred_smem_carveout=-1 if const_expr(self.head_dim == 128 and not self.smooth_v) else None,
+            min_blocks_per_mp=self.min_ctas_per_sm,
+            # with a CTA count the DSL asks the driver for the SM's smem unless a carveout
+            # is given (no GPU at compile time): -1, the driver's default
+            preferred_smem_carveout=-1 if const_expr(self.min_ctas_per_sm) else None,
         )
 
     def num_stats(self) -> int:
