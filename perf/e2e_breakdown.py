@@ -5,6 +5,7 @@ before it, next to the kernel-only attention and the preprocessing timed alone.
     python perf/e2e_breakdown.py [--L 1024,8192] [--D 128,64] [--B 4] [--H 32] [--calls 4]
     python perf/e2e_breakdown.py --ab      # PDL A/B: e2e with and without it, kernel alone
     python perf/e2e_breakdown.py --after   # the attention kernel's duration after each predecessor
+    python perf/e2e_breakdown.py --rotation  # e2e as the bench times it, 1 vs 2 input sets
 
 ``--ab`` times, interleaved (best of rounds): the kernel alone as the bench runs it
 (no PDL), the kernel alone with the API's PDL config, the API call, and the API call
@@ -16,6 +17,11 @@ each call is [predecessor; attention alone, no PDL] for the predecessors: none, 
 preprocessing, the preprocessing then a ~200 us idle kernel (``torch.cuda._sleep``:
 if the time recovers, it is the clocks or power, not the memory system), and a
 device copy moving as many bytes as the preprocessing (any memory-bound kernel?).
+
+``--rotation`` times the API call and the kernel alone as the bench does
+(``time_fns``: median of per-call event intervals) with one input set and with two
+rotated (the bench's choice when a set is larger than L2), twice, interleaved: does
+the bench's end-to-end figure pay for the rotation itself?
 
 Per call: prep = the K/V preprocessing kernel, attn = the attention kernel (its
 duration in the trace starts at its launch, so with PDL it includes the time its
@@ -105,6 +111,25 @@ def _after(q, k, v, calls: int = 6):
         print(f"    after {name:20s}: attention {med:8.1f} us (median of {len(durs)})")
 
 
+def _rotation(q, k, v, flops, rounds: int = 2):
+    from sagecute.perf.timing import time_fns
+
+    sets = [(q, k, v)] + [tuple(torch.randn_like(x) for x in (q, k, v))]
+    prepared = [api.prepare_inputs(*s) for s in sets]
+    variants = {
+        "e2e 1 set": [lambda: sagecute.sageattn(q, k, v, backend="sm90")],
+        "e2e 2 sets": [lambda s=s: sagecute.sageattn(*s, backend="sm90") for s in sets],
+        "kernel 1 set": [lambda: api.attention_prepared(prepared[0])],
+        "kernel 2 sets": [lambda p=p: api.attention_prepared(p) for p in prepared],
+    }
+    for r in range(rounds):
+        for name, fns in variants.items():
+            fns[0]()
+            t = time_fns(fns, warmup_ms=25.0, rep_ms=100.0)
+            print(f"    round {r} {name:14s} median {t.ms * 1e3:8.1f} us (min {t.min_ms * 1e3:8.1f}) "
+                  f"{flops / t.ms / 1e9:6.0f} TOPS")
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--L", default="1024,8192")
@@ -114,18 +139,21 @@ def main():
     p.add_argument("--calls", type=int, default=4)
     p.add_argument("--ab", action="store_true")
     p.add_argument("--after", action="store_true")
+    p.add_argument("--rotation", action="store_true")
     args = p.parse_args()
     print(torch.cuda.get_device_name())
     for d in (int(x) for x in args.D.split(",")):
         for length in (int(x) for x in args.L.split(",")):
             q, k, v = (torch.randn(args.B, args.H, length, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
             flops = 4 * args.B * args.H * length * length * d
-            if args.ab or args.after:
+            if args.ab or args.after or args.rotation:
                 print(f"D{d} L{length}:")
                 if args.ab:
                     _ab(q, k, v, flops)
-                else:
+                if args.after:
                     _after(q, k, v)
+                if args.rotation:
+                    _rotation(q, k, v, flops)
                 continue
             e2e = lambda: sagecute.sageattn(q, k, v)  # noqa: E731
             prepared = api.prepare_inputs(q, k, v)
