@@ -3,6 +3,7 @@
 measured in the same run, for each count of stashed blocks (Note [Stashed blocks]).
 
     python perf/prep_bandwidth.py [--stash auto,0,1,16s1] [--L 1024,8192,16384] [--D 128,64]
+    python perf/prep_bandwidth.py --stash auto --hints none,st,st+rr,st+rr+p1   # Note [L2 cache operators]
     python perf/prep_bandwidth.py --ncu-one --L 1024 --D 128   # one call per shape, for ncu
 
 Bytes counted once: K and V read (bf16), K int8 + V fp8 written (scales and the mean
@@ -20,6 +21,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+from sagecute.kernels.common import quant_qkv  # noqa: E402
 from sagecute.preprocess import kernels as kern  # noqa: E402
 from sagecute.perf.timing import graph_ms, loop_ms  # noqa: E402
 from sagecute.quant_layout import QuantGranularity  # noqa: E402
@@ -29,6 +31,8 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--stash", default="auto,0,1",
                    help="stashed blocks per split; 'SsN' pins splits S and stash N (e.g. 4s1, 16s2)")
+    p.add_argument("--hints", default="default",
+                   help="comma-separated quant_qkv.CACHE_HINTS values to time ('none': no hint, 'default': as shipped)")
     p.add_argument("--L", default="1024,8192,16384")
     p.add_argument("--D", default="128,64")
     p.add_argument("--B", type=int, default=4)
@@ -47,21 +51,23 @@ def main():
     dst = torch.empty_like(src)
     copy_tbs = 2 * src.numel() / loop_ms(lambda: dst.copy_(src)) / 1e9
     print(f"{torch.cuda.get_device_name()}: device-to-device copy {copy_tbs:.2f} TB/s")
-    auto, auto_splits = kern.stash_for, kern.splits_for
+    auto, auto_splits, shipped = kern.stash_for, kern.splits_for, quant_qkv.CACHE_HINTS
     for d in (int(x) for x in args.D.split(",")):
         for length in (int(x) for x in args.L.split(",")):
             q, k, v = (torch.randn(args.B, args.H, length, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
             traffic = (k.numel() + v.numel()) * 3  # bf16 in, 1-byte out
             for stash in args.stash.split(","):
-                splits, _, n = stash.rpartition("s")
-                kern.splits_for = auto_splits if not splits else (lambda *a, c=int(splits): c)
-                kern.stash_for = auto if n == "auto" else (lambda *a, n=int(n): n)
-                kern._QKV_PLANS.clear()
-                us = graph_ms(lambda: kern.quantize_qkv_cute(q, k, v, GRAN, True, with_q=False)) * 1e3
-                tbs = traffic / us / 1e6
-                print(f"  D{d} L{length:6d} stash {stash:4s}: {us:8.1f} us {tbs:5.2f} TB/s = "
-                      f"{tbs / copy_tbs:4.0%} of copy", flush=True)
-            kern.stash_for, kern.splits_for = auto, auto_splits
+                for hints in args.hints.split(","):
+                    splits, _, n = stash.rpartition("s")
+                    kern.splits_for = auto_splits if not splits else (lambda *a, c=int(splits): c)
+                    kern.stash_for = auto if n == "auto" else (lambda *a, n=int(n): n)
+                    quant_qkv.CACHE_HINTS = {"default": shipped, "none": ""}.get(hints, hints)
+                    kern._QKV_PLANS.clear()
+                    us = graph_ms(lambda: kern.quantize_qkv_cute(q, k, v, GRAN, True, with_q=False)) * 1e3
+                    tbs = traffic / us / 1e6
+                    print(f"  D{d} L{length:6d} stash {stash:4s} hints {hints:9s}: {us:8.1f} us {tbs:5.2f} TB/s = "
+                          f"{tbs / copy_tbs:4.0%} of copy", flush=True)
+            kern.stash_for, kern.splits_for, quant_qkv.CACHE_HINTS = auto, auto_splits, shipped
 
 
 GRAN = QuantGranularity.PER_THREAD

@@ -46,6 +46,7 @@ from .. import reference
 from ..kernels.common.quant_fp8 import QuantizeVFp8
 from ..kernels.common.quant_int8 import QuantizeInt8
 from ..kernels.common.quant_kmean import KMean
+from ..kernels.common import quant_qkv
 from ..kernels.common.quant_qkv import QuantizeQKV, splits_for, stash_for
 from ..launch_path import LaunchPath, tvm_ffi_available
 from ..plan_cache import cached_plan
@@ -180,9 +181,9 @@ def _compile_v_fp8_ffi(dtype, head_dim: int, geom: QuantGeometry, arch, extra: s
 @functools.cache
 def _compile_qkv_ffi(
     dtype, head_dim: int, gran: QuantGranularity, smooth_k: bool, geom: QuantGeometry, splits: int, with_q: bool,
-    stash: int, smooth_v: bool, arch, extra="",
+    stash: int, smooth_v: bool, arch, extra="", cache_hints: Optional[str] = None,
 ):  # fmt: skip
-    op = QuantizeQKV(dtype, head_dim, gran, smooth_k, geom, splits, with_q, stash, smooth_v)
+    op = QuantizeQKV(dtype, head_dim, gran, smooth_k, geom, splits, with_q, stash, smooth_v, cache_hints)
     return cute.compile(
         op,
         _fake_in(dtype, head_dim) if with_q else None, _fake_in(dtype, head_dim), _fake_in(dtype, head_dim),
@@ -612,7 +613,7 @@ def quantize_qkv_cute(
     if plan.compile_args is None or not _PATH.use_ffi():
         return standalone()
     if plan.compiled is None:  # the pointer path never needs it
-        plan.compiled = _compile_qkv_ffi(*plan.compile_args)
+        plan.compiled = _compile_qkv_ffi(*plan.compile_args, cache_hints=quant_qkv.CACHE_HINTS)
     if plan.aligned_strides and not (q.data_ptr() % 16 or k.data_ptr() % 16 or v.data_ptr() % 16):
         qa, ka, va = q, k, v
     else:

@@ -28,7 +28,7 @@ from cutlass import Float32, Int32, Int64, const_expr
 from cutlass.cutlass_dsl import Numeric
 
 from ...quant_layout import V_TOKEN_PERM, QuantGeometry
-from .quant_math import div_rn, gmem_vec, pack_e4m3x4, warp_max_bfly
+from .quant_math import div_rn, gmem_load, gmem_store, gmem_vec, pack_e4m3x4, warp_max_bfly
 
 VEC = 8
 CHANNELS_PER_CTA = 16
@@ -170,17 +170,20 @@ class QuantizeVFp8:
     # ============================================================ device pieces
     # @cute.jit methods inlined into a kernel (this one and ``quant_qkv.QuantizeQKV``).
     @cute.jit
-    def load_group(self, rX: cute.Tensor, v: cute.Pointer, base: Int64, stride_l: Int64, group, seqlen, part=0):
+    def load_group(
+        self, rX: cute.Tensor, v: cute.Pointer, base: Int64, stride_l: Int64, group, seqlen, part=0,
+        cop: cutlass.Constexpr = None,
+    ):  # fmt: skip
         """Into ``rX`` (channel, token): tokens ``16 group .. 16 group + 15`` of the 8
         channels at ``base``, or with ``n = size(rX, 1) < 16`` tokens, the ``n`` of part
         ``part`` of the group (Note [Half groups] in ``quant_qkv.py``); tokens >=
-        ``seqlen`` read as zero."""
+        ``seqlen`` read as zero. ``cop``: the loads' cache operator (``gmem_load``)."""
         n = cute.size(rX, mode=[1])
         tok0 = group * GROUP + part * n
         rX.fill(0.0)
         for j in cutlass.range_constexpr(n):
             if tok0 + j < seqlen:
-                rX[None, j].store(gmem_vec(v, base + Int64(tok0 + j) * stride_l, VEC, VEC).load())
+                rX[None, j].store(gmem_load(v, base + Int64(tok0 + j) * stride_l, VEC, cop))
 
     @cute.jit
     def scaled(self, rX: cute.Tensor, e: cutlass.Constexpr[int], j: cutlass.Constexpr[int], rInv: cute.Tensor,
@@ -196,10 +199,10 @@ class QuantizeVFp8:
 
     @cute.jit
     def store_group(self, rX: cute.Tensor, rInv: cute.Tensor, v_fp8: cute.Pointer, row0: Int64, group, words_per_row,
-                    mean: Optional[cute.Tensor] = None, seqlen=0):
+                    mean: Optional[cute.Tensor] = None, seqlen=0, cop: cutlass.Constexpr = None):
         """``rX * rInv`` (or ``(rX - mean) * rInv``: ``scaled``) in e4m3, permuted (Note
-        [V token permutation]), as one 16-byte store into each of the rows ``row0 ..
-        row0 + 7`` of the [.., D, Lpad] output."""
+        [V token permutation]), as one 16-byte store (cache operator ``cop``) into each
+        of the rows ``row0 .. row0 + 7`` of the [.., D, Lpad] output."""
         rOut = cute.make_rmem_tensor(cute.make_layout(GROUP // 4), Int32)
         tok0 = group * GROUP
         for e in cutlass.range_constexpr(VEC):
@@ -212,6 +215,4 @@ class QuantizeVFp8:
                     self.scaled(rX, e, t[3], rInv, mean, tok0, seqlen),
                 )
             row = row0 + Int64(e)
-            gmem_vec(v_fp8, row * Int64(words_per_row) + Int64(group * (GROUP // 4)), GROUP // 4, 4).store(
-                rOut.load()
-            )
+            gmem_store(v_fp8, row * Int64(words_per_row) + Int64(group * (GROUP // 4)), rOut.load(), cop)

@@ -39,7 +39,9 @@ from cutlass import Float32, Int32, Int64, const_expr
 from cutlass.cutlass_dsl import Numeric
 
 from ...quant_layout import INT8_AMAX_FLOOR, INT8_MAX, QuantGeometry, QuantGranularity
-from .quant_math import div_rn, gmem_vec, quantize_int8x4, recompute_here, warp_max_bfly, widen_row
+from .quant_math import (
+    div_rn, gmem_load, gmem_store, gmem_vec, quantize_int8x4, recompute_here, warp_max_bfly, widen_row
+)
 
 VEC = 8  # 16-byte vectors of bf16/fp16
 
@@ -209,25 +211,29 @@ class QuantizeInt8:
         )
 
     @cute.jit
-    def load_rows(self, rX: cute.Tensor, x: cute.Pointer, x_base: Int64, stride_l: Int64, blk_idx, seqlen, tid):
+    def load_rows(
+        self, rX: cute.Tensor, x: cute.Pointer, x_base: Int64, stride_l: Int64, blk_idx, seqlen, tid,
+        cop: cutlass.Constexpr = None,
+    ):  # fmt: skip
         """Step 1 into ``rX`` (VEC, rpt): rows ``blk_idx * blk + tid // tpr + rpp * i`` of
         the (batch, head) at ``x_base``, this thread's 8 channels; rows past ``seqlen``
-        read as zero."""
+        read as zero. ``cop``: the loads' cache operator (``gmem_load``)."""
         rpp, rpt = self.rows_per_pass, self.rows_per_thread
         row0 = blk_idx * self.blk + tid // self.threads_per_row
         base = x_base + Int64(self.col(tid))
         rX.fill(0.0)
         for i in cutlass.range_constexpr(rpt):
             if row0 + rpp * i < seqlen:
-                rX[None, i].store(gmem_vec(x, base + Int64(row0 + rpp * i) * stride_l, VEC, VEC).load())
+                rX[None, i].store(gmem_load(x, base + Int64(row0 + rpp * i) * stride_l, VEC, cop))
 
     @cute.jit
     def quantize_rows(
         self, rX: cute.Tensor, mean_f32: cute.Tensor, x_int8: cute.Pointer, scale: cute.Pointer,
-        bh: Int64, blk_idx, seqlen, tid, s_block: tuple,
+        bh: Int64, blk_idx, seqlen, tid, s_block: tuple, store_cop: cutlass.Constexpr = None,
     ):  # fmt: skip
         """Steps 2-4 for the block ``load_rows`` read: scales of (batch*heads + head)
-        ``bh`` and its int8 rows. Ends with the CTA's smem free again."""
+        ``bh`` and its int8 rows (stored with cache operator ``store_cop``). Ends with
+        the CTA's smem free again."""
         blk, tpr, rpp, rpt = self.blk, self.threads_per_row, self.rows_per_pass, self.rows_per_thread
         s_row_amax, s_partial, s_inv = s_block
         col = self.col(tid)
@@ -281,7 +287,7 @@ class QuantizeInt8:
                 xq = [self._minus_mean(x, mean_f32, e) for e, x in enumerate(widen_row(rX[None, i], 1))]
                 rOut[0] = quantize_int8x4(xq[0], xq[1], xq[2], xq[3], inv)
                 rOut[1] = quantize_int8x4(xq[4], xq[5], xq[6], xq[7], inv)
-                gmem_vec(x_int8, o_first + Int64(rpp * i * words_per_row), 2, 2).store(rOut.load())
+                gmem_store(x_int8, o_first + Int64(rpp * i * words_per_row), rOut.load(), store_cop)
         # the next block's step 2 rewrites s_row_amax / s_inv
         cute.arch.sync_threads()
 

@@ -39,10 +39,13 @@ called while a kernel is traced (inlined; nothing is a separate ``@cute.jit``).
 
 from __future__ import annotations
 
+from typing import Optional
+
 import cutlass
 import cutlass.cute as cute
 from cutlass import Float32, Int32, Int64
-from cutlass._mlir.dialects import llvm
+from cutlass._mlir import ir
+from cutlass._mlir.dialects import llvm, vector
 from cutlass.cutlass_dsl import T, dsl_user_op
 
 
@@ -131,6 +134,47 @@ def gmem_vec(ptr: cute.Pointer, offset: Int64, n: int, align_elems: int) -> cute
     """``n`` contiguous elements at ``ptr + offset``; ``offset`` is promised to be a
     multiple of ``align_elems`` so loads/stores through it vectorize."""
     return cute.make_tensor(ptr + cute.assume(offset, divby=align_elems), cute.make_layout(n))
+
+
+def gmem_load(ptr: cute.Pointer, offset: Int64, n: int, cop: Optional[str] = None) -> cute.TensorSSA:
+    """``n`` contiguous elements at ``ptr + offset`` (a multiple of ``n``) in one vector
+    load, with the PTX cache operator ``cop`` ("cs": evict first, "lu": last use,
+    "evict_last": default caching with an L2 evict-last policy) or the default one
+    (None)."""
+    if cop is None:
+        return gmem_vec(ptr, offset, n, n).load()
+    if cop == "evict_last":
+        return _ld_global_16b_evict_last(ptr + cute.assume(offset, divby=n), n)
+    vec = ir.VectorType.get([n], ptr.dtype.mlir_type)
+    return cute.TensorSSA(cute.arch.load(ptr + cute.assume(offset, divby=n), vec, cop=cop), (n,), ptr.dtype)
+
+
+@dsl_user_op
+def _ld_global_16b_evict_last(ptr: cute.Pointer, n: int, *, loc=None, ip=None) -> cute.TensorSSA:
+    """16 bytes at ``ptr`` with ``.L2::cache_hint`` and an evict-last policy."""
+    addr = Int64(ptr.toint(loc=loc, ip=ip)).ir_value(loc=loc, ip=ip)
+    words = llvm.inline_asm(
+        llvm.StructType.get_literal([T.i32()] * 4), [addr],
+        "{\n\t.reg .b64 pol;\n\tcreatepolicy.fractional.L2::evict_last.b64 pol, 1.0;\n\t"
+        "ld.global.L2::cache_hint.v4.b32 {$0, $1, $2, $3}, [$4], pol;\n\t}",
+        "=r,=r,=r,=r,l", has_side_effects=False, is_align_stack=False,
+    )  # fmt: skip
+    vec = vector.from_elements(
+        ir.VectorType.get([4], T.i32()), [llvm.extractvalue(T.i32(), words, [i], loc=loc, ip=ip) for i in range(4)],
+        loc=loc, ip=ip,
+    )  # fmt: skip
+    vec = vector.bitcast(ir.VectorType.get([n], ptr.dtype.mlir_type), vec, loc=loc, ip=ip)
+    return cute.TensorSSA(vec, (n,), ptr.dtype)
+
+
+def gmem_store(ptr: cute.Pointer, offset: Int64, val: cute.TensorSSA, cop: Optional[str] = None) -> None:
+    """``val`` (n elements) to ``ptr + offset`` (a multiple of n) in one vector store,
+    with the PTX cache operator ``cop`` ("cs": streaming) or the default one (None)."""
+    n = cute.size(val.shape)
+    if cop is None:
+        gmem_vec(ptr, offset, n, n).store(val)
+    else:
+        cute.arch.store(ptr + cute.assume(offset, divby=n), val.ir_value(), cop=cop)
 
 
 @dsl_user_op

@@ -101,13 +101,18 @@ from ...quant_layout import QuantGeometry, QuantGranularity
 from .quant_fp8 import GROUP, NUM_THREADS, NUM_WARPS, VEC, QuantizeVFp8, channel_inv
 from .quant_int8 import QuantizeInt8
 from .quant_math import (
-    div_rn, gmem_vec, ld_shared_cluster_f32, pack_e4m3x4, prmt, warp_max_bfly, warp_sum_bfly, widen_row
+    div_rn, gmem_store, gmem_vec, ld_shared_cluster_f32, pack_e4m3x4, prmt, warp_max_bfly, warp_sum_bfly, widen_row
 )
 
 SPLIT_CHOICES = (8, 16)  # K/V splits per (batch, head) = cluster size; 16 is non-portable
 
 
 STASH_CHOICES = (0, 1)  # blocks a split keeps in smem between its passes (Note [Stashed blocks])
+
+# Note [L2 cache operators]: "+"-joined subset of "st" (int8/fp8 stores evict first),
+# "rr" (pass-2 re-reads: last use), "p1" (pass-1 loads of blocks read only once: evict
+# first), "el" (pass-1 loads of blocks re-read in pass 2: L2 evict-last policy). Read when a QuantizeQKV is built (perf/prep_bandwidth.py --hints sets it).
+CACHE_HINTS = ""
 
 
 def splits_for(seqlen_k: int, blk: int = 128) -> int:
@@ -138,6 +143,7 @@ class QuantizeQKV:
         with_q: bool = True,
         stash: int = 0,
         smooth_v: bool = False,
+        cache_hints: Optional[str] = None,
     ):
         if not self.can_implement(dtype, head_dim, geom) or splits not in SPLIT_CHOICES or stash not in STASH_CHOICES:
             raise ValueError(f"unsupported fused QKV quantizer config: {dtype}, head_dim={head_dim}, {geom}")
@@ -168,6 +174,13 @@ class QuantizeQKV:
         # Note [Stashed blocks]: slots of (VEC, stash_rows) vectors per thread
         self.stash = stash
         self.stash_rows = max(self.k_quant.rows_per_thread, self.v_rows)
+        hints = set((CACHE_HINTS if cache_hints is None else cache_hints).split("+")) - {""}
+        if hints - {"st", "rr", "p1", "el"}:
+            raise ValueError(f"unknown cache hints {hints}")
+        self.store_cop = "cs" if "st" in hints else None
+        self.reread_cop = "lu" if "rr" in hints else None
+        self.once_cop = "cs" if "p1" in hints else None
+        self.keep_cop = "evict_last" if "el" in hints else None
 
     @staticmethod
     def can_implement(dtype, head_dim: int, geom: QuantGeometry) -> bool:
@@ -312,7 +325,14 @@ class QuantizeQKV:
             acc = cute.make_rmem_tensor(cute.make_layout(VEC), Float32)
             acc.fill(0.0)
             for i in cutlass.range(n_mine):
-                self.k_quant.load_rows(rX, mK.iterator, base, stride_l, split + i * self.splits, seqlen, tid)
+                if const_expr(self.once_cop is None and self.keep_cop is None):
+                    self.k_quant.load_rows(rX, mK.iterator, base, stride_l, split + i * self.splits, seqlen, tid)
+                elif self.read_once(i, n_mine):
+                    self.k_quant.load_rows(rX, mK.iterator, base, stride_l, split + i * self.splits, seqlen, tid,
+                                           self.once_cop)
+                else:
+                    self.k_quant.load_rows(rX, mK.iterator, base, stride_l, split + i * self.splits, seqlen, tid,
+                                           self.keep_cop)
                 for r in cutlass.range_constexpr(self.k_quant.rows_per_thread):
                     for e, x in enumerate(widen_row(rX[None, r])):
                         acc[e] = acc[e] + x
@@ -331,10 +351,11 @@ class QuantizeQKV:
             if const_expr(self.smooth_k):
                 if t > 0:
                     if not self.stash_load(rX, s_stash, n_mine - 1 - t, tid):
-                        self.k_quant.load_rows(rX, mK.iterator, base, stride_l, blk_idx, seqlen, tid)
+                        self.k_quant.load_rows(rX, mK.iterator, base, stride_l, blk_idx, seqlen, tid, self.reread_cop)
             else:
-                self.k_quant.load_rows(rX, mK.iterator, base, stride_l, blk_idx, seqlen, tid)
-            self.k_quant.quantize_rows(rX, mean_f32, k8, mKs.iterator, bh, blk_idx, seqlen, tid, s_block)
+                self.k_quant.load_rows(rX, mK.iterator, base, stride_l, blk_idx, seqlen, tid, self.once_cop)
+            self.k_quant.quantize_rows(rX, mean_f32, k8, mKs.iterator, bh, blk_idx, seqlen, tid, s_block,
+                                       self.store_cop)
         if const_expr(self.smooth_k):
             cute.arch.cluster_wait()  # no CTA leaves while another still reads its s_split
 
@@ -365,7 +386,12 @@ class QuantizeQKV:
             extreme.fill(-Float32.inf)
         for i in cutlass.range(n_mine):
             group = (split + i * self.splits) * self.groups_per_block + group_in_block
-            self.v_quant.load_group(rX, mV.iterator, base, stride_l, group, seqlen, part)
+            if const_expr(self.once_cop is None and self.keep_cop is None):
+                self.v_quant.load_group(rX, mV.iterator, base, stride_l, group, seqlen, part)
+            elif self.read_once(i, n_mine):
+                self.v_quant.load_group(rX, mV.iterator, base, stride_l, group, seqlen, part, self.once_cop)
+            else:
+                self.v_quant.load_group(rX, mV.iterator, base, stride_l, group, seqlen, part, self.keep_cop)
             for j in cutlass.range_constexpr(self.v_rows):
                 if const_expr(self.smooth_v):
                     v_sum, v_max, v_nmin = stats
@@ -414,9 +440,9 @@ class QuantizeQKV:
             group = (split + (n_mine - 1 - t) * self.splits) * self.groups_per_block + group_in_block
             if t > 0:
                 if not self.stash_load(rX, s_stash, n_mine - 1 - t, tid):
-                    self.v_quant.load_group(rX, mV.iterator, base, stride_l, group, seqlen, part)
+                    self.v_quant.load_group(rX, mV.iterator, base, stride_l, group, seqlen, part, self.reread_cop)
             if const_expr(parts == 1):
-                self.v_quant.store_group(rX, rInv, v8, row0, group, padded_len // 4, rMean, seqlen)
+                self.v_quant.store_group(rX, rInv, v8, row0, group, padded_len // 4, rMean, seqlen, self.store_cop)
             else:
                 self.store_half_group(rX, rInv, v8, row0, group, part, padded_len // 4, rMean, seqlen)
         cute.arch.cluster_wait()  # no CTA leaves while another still reads its s_split
@@ -457,7 +483,7 @@ class QuantizeQKV:
                 rOut[2 * m] = prmt(rPair[c, 2 * m], got, even)
                 rOut[2 * m + 1] = prmt(rPair[c, 2 * m + 1], got, odd)
             row = row0 + Int64(c + half * part)
-            gmem_vec(v_fp8, row * Int64(words_per_row) + Int64(group * words), words, 4).store(rOut.load())
+            gmem_store(v_fp8, row * Int64(words_per_row) + Int64(group * words), rOut.load(), self.store_cop)
 
     @cute.jit
     def publish_mean(self, total: Float32, seqlen, mKm: cute.Tensor, batch, head, split, tid, s_mean: cute.Tensor):
@@ -490,6 +516,11 @@ class QuantizeQKV:
                     rX[None, r].store(s_stash[None, r, tid, i].load())
                 hit = cutlass.Boolean(True)
         return hit
+
+    def read_once(self, i, n_mine):
+        """Pass 1: block ``i`` is not re-read from global memory in pass 2 (the last one
+        stays in registers, the first ``stash`` wait in smem)."""
+        return (i == n_mine - 1) | (i < self.stash)
 
     def blocks_of_split(self, seqlen, split):
         """How many of the ``ceil(seqlen / blk)`` blocks split ``split`` owns."""
