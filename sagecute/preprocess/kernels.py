@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import time
 from typing import Optional
 from dataclasses import dataclass, field
@@ -318,7 +319,16 @@ def _ptx_counts(compiled) -> dict:
     if os.path.exists(ptx):
         with open(ptx) as f:
             ptx = f.read()
-    return {m: ptx.count(m) for m in PTX_MARKERS}
+    # vector accesses count with any cache qualifiers (Note [L2 cache operators]):
+    # "ld.global.v4" also matches ld.global.cs.v4, ld.global.L2::cache_hint.v4, ...
+    counts = {}
+    for m in PTX_MARKERS:
+        op, _, vec = m.rpartition(".")
+        if m.startswith(("ld.global.", "st.global.")) and vec.startswith("v"):
+            counts[m] = len(re.findall(re.escape(op) + r"(?:\.[A-Za-z0-9_:]+)*?\." + vec + r"\.", ptx))
+        else:
+            counts[m] = ptx.count(m)
+    return counts
 
 
 # --------------------------------------------------------------------------

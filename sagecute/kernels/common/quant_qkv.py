@@ -74,6 +74,20 @@ Numerics: Note [Bit-exact quantizer arithmetic] in ``quant_math.py``; payloads a
 scales equal the standalone kernels' (and the reference's) given the same mean.
 CUDA cores and cluster barriers only: compiles for sm_90a, sm_100a and sm_120a.
 
+Note [L2 cache operators]
+-------------------------
+Pass 2 re-reads most of a split's blocks (all but the one in registers and the stashed
+one), and at L8k the re-reads missed L2 often enough that DRAM moved 1.0 GB for the
+805 MB counted (ncu, H200: DRAM 78% busy, L2 hit rate 30%). The K/V CTAs in flight
+hold more than L2 between their passes, so the hints decide which lines stay:
+``el`` loads the blocks pass 2 will re-read with an L2 evict-last policy
+(``createpolicy`` + ``.L2::cache_hint``), ``p1`` loads the blocks read only once with
+``.cs`` (evict first), ``rr`` re-reads with ``.lu`` (last use) and ``st`` writes the
+int8/fp8 output with ``.cs`` (the attention reads it much later). H200, B4 H32 D128
+(``perf/results/2026-12-02_h200_hints/``): L8k 265 -> 248 us (71% -> 76% of copy),
+L16k 584 -> 573, L1k unchanged (one block per split: nothing re-read); D64 L8k 128 ->
+125. Cache operators change no value.
+
 Note [Split K mean]
 -------------------
 Each split sums its rows in fp32 (per thread in row order, then a butterfly over
@@ -109,10 +123,9 @@ SPLIT_CHOICES = (8, 16)  # K/V splits per (batch, head) = cluster size; 16 is no
 
 STASH_CHOICES = (0, 1)  # blocks a split keeps in smem between its passes (Note [Stashed blocks])
 
-# Note [L2 cache operators]: "+"-joined subset of "st" (int8/fp8 stores evict first),
-# "rr" (pass-2 re-reads: last use), "p1" (pass-1 loads of blocks read only once: evict
-# first), "el" (pass-1 loads of blocks re-read in pass 2: L2 evict-last policy). Read when a QuantizeQKV is built (perf/prep_bandwidth.py --hints sets it).
-CACHE_HINTS = ""
+# Note [L2 cache operators]: "+"-joined subset of "st", "rr", "p1", "el"; read when a
+# QuantizeQKV is built (perf/prep_bandwidth.py --hints overrides it)
+CACHE_HINTS = "st+rr+p1+el"
 
 
 def splits_for(seqlen_k: int, blk: int = 128) -> int:
@@ -179,8 +192,12 @@ class QuantizeQKV:
             raise ValueError(f"unknown cache hints {hints}")
         self.store_cop = "cs" if "st" in hints else None
         self.reread_cop = "lu" if "rr" in hints else None
-        self.once_cop = "cs" if "p1" in hints else None
-        self.keep_cop = "evict_last" if "el" in hints else None
+        # p1 / el load pass 1's blocks through two branches (read once or re-read): only
+        # with a stashed block, where a split has several blocks; without one the D128
+        # K/V kernel spills at its 128-register cap, and smooth_v grows by ~30 registers
+        per_block = stash > 0 and not smooth_v
+        self.once_cop = "cs" if "p1" in hints and per_block else None
+        self.keep_cop = "evict_last" if "el" in hints and per_block else None
 
     @staticmethod
     def can_implement(dtype, head_dim: int, geom: QuantGeometry) -> bool:
