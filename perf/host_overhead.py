@@ -40,7 +40,7 @@ def _install_fakes() -> None:
     g = preprocess.SM90_GEOMETRY
 
     def quantize_inputs(qh, kh, vh, *, granularity, pv_accum, smooth_k, smooth_v=False, use_cute=None, scratch=False,
-                        fuse_q=False):
+                        fuse_q=False, smooth_q=False):
         b, h, lq, d = qh.shape
         hk, lk = kh.shape[1], kh.shape[2]
         e = torch.empty

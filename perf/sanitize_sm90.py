@@ -17,29 +17,32 @@ import torch
 import sagecute
 
 SHAPES = [
-    # b, hq, hkv, lq, lk, d, causal, layout, smooth_v
-    (1, 2, 2, 1, 1, 128, False, "HND", False),
-    (1, 4, 1, 130, 257, 128, True, "NHD", False),
-    (2, 4, 2, 257, 130, 64, True, "HND", False),
-    (1, 2, 2, 300, 300, 64, False, "NHD", False),
-    (1, 4, 2, 130, 2100, 128, False, "HND", True),  # smooth_v, 16 splits
-    (2, 2, 2, 77, 300, 64, True, "NHD", True),
+    # b, hq, hkv, lq, lk, d, causal, layout, smoothing ("": none, "v": smooth_v, "q": smooth_q)
+    (1, 2, 2, 1, 1, 128, False, "HND", ""),
+    (1, 4, 1, 130, 257, 128, True, "NHD", ""),
+    (2, 4, 2, 257, 130, 64, True, "HND", ""),
+    (1, 2, 2, 300, 300, 64, False, "NHD", ""),
+    (1, 4, 2, 130, 2100, 128, False, "HND", "v"),  # smooth_v, 16 splits
+    (2, 2, 2, 77, 300, 64, True, "NHD", "v"),
+    (1, 4, 2, 130, 2100, 128, True, "HND", "q"),  # smooth_q: delta_s bulk copies, 16 splits
+    (2, 2, 2, 77, 300, 64, False, "NHD", "q"),
 ]
 
 
 def main() -> int:
     bad = 0
-    for b, hq, hkv, lq, lk, d, causal, layout, smooth_v in SHAPES:
+    for b, hq, hkv, lq, lk, d, causal, layout, smooth in SHAPES:
         shape_q = (b, hq, lq, d) if layout == "HND" else (b, lq, hq, d)
         shape_k = (b, hkv, lk, d) if layout == "HND" else (b, lk, hkv, d)
         q = torch.randn(shape_q, device="cuda", dtype=torch.bfloat16)
         k = torch.randn(shape_k, device="cuda", dtype=torch.bfloat16)
         v = torch.randn(shape_k, device="cuda", dtype=torch.bfloat16)
-        o, lse = sagecute.sageattn(q, k, v, layout, causal, return_lse=True, backend="sm90", smooth_v=smooth_v)
+        o, lse = sagecute.sageattn(q, k, v, layout, causal, return_lse=True, backend="sm90",
+                                   smooth_v=smooth == "v", smooth_q=smooth == "q")
         torch.cuda.synchronize()
         ok = bool(torch.isfinite(o).all()) and bool(torch.isfinite(lse).all())
         bad += not ok
-        print(f"b{b} h{hq}/{hkv} q{lq} k{lk} d{d} causal={causal} {layout}{' smooth_v' if smooth_v else ''}: "
+        print(f"b{b} h{hq}/{hkv} q{lq} k{lk} d{d} causal={causal} {layout}{' smooth_' + smooth if smooth else ''}: "
               f"{'ok' if ok else 'NON-FINITE'}")
     return 1 if bad else 0
 

@@ -155,19 +155,19 @@ def _sm90_launch():
     return launch
 
 
-def _sm90_config_after_preprocess(head_dim: int, is_causal: bool, granularity, seqlen_q: int):
+def _sm90_config_after_preprocess(head_dim: int, is_causal: bool, granularity, seqlen_q: int, smooth_q=False):
     """The tuned sm90 config, launched as a programmatic dependent of the K/V
     preprocessing (Note [PDL after the preprocessing] in kernels/sm90/attn_fwd.py)."""
     from sagecute.kernels.sm90.attn_fwd import AttnFwdConfigSm90
 
-    return _sm90_config_of_class(head_dim, is_causal, granularity, AttnFwdConfigSm90.length_class(seqlen_q))
+    return _sm90_config_of_class(head_dim, is_causal, granularity, AttnFwdConfigSm90.length_class(seqlen_q), smooth_q)
 
 
 @functools.lru_cache(maxsize=32)
-def _sm90_config_of_class(head_dim: int, is_causal: bool, granularity, length_class: int):
+def _sm90_config_of_class(head_dim: int, is_causal: bool, granularity, length_class: int, smooth_q: bool = False):
     from sagecute.kernels.sm90.attn_fwd import AttnFwdConfigSm90
 
-    return AttnFwdConfigSm90.after_preprocess(head_dim, is_causal, granularity, length_class)
+    return AttnFwdConfigSm90.after_preprocess(head_dim, is_causal, granularity, length_class, smooth_q)
 
 
 def _run_sm90_prepared(prep: "PreparedCall", out_hnd: torch.Tensor | None = None, after_preprocess: bool = False):
@@ -192,16 +192,19 @@ def _run_sm90_prepared(prep: "PreparedCall", out_hnd: torch.Tensor | None = None
         is_causal=prep.is_causal,
         granularity=qi.granularity,
         pv_accum=qi.pv_accum,
-        config=_sm90_config_after_preprocess(dp, prep.is_causal, qi.granularity, lq) if after_preprocess else None,
+        config=_sm90_config_after_preprocess(dp, prep.is_causal, qi.granularity, lq, qi.q_mean is not None)
+        if after_preprocess else None,
         v_mean=qi.v_mean,
+        q_mean=qi.q_mean,
+        delta_s=qi.delta_s,
     )
     return out_hnd, lse
 
 
-def _run_sm90(q, k, v, layout, is_causal, sm_scale, return_lse, gran, pv_accum, smooth_k, smooth_v):
+def _run_sm90(q, k, v, layout, is_causal, sm_scale, return_lse, gran, pv_accum, smooth_k, smooth_v, smooth_q=False):
     # the quantized tensors are this call's temporaries: reusable buffers
     prep = _prepare(q, k, v, layout, is_causal, sm_scale, return_lse, gran, pv_accum, smooth_k, smooth_v,
-                    scratch=True)
+                    scratch=True, smooth_q=smooth_q)
     b, hq, lq, dp = prep.quantized.q.shape
     # Write straight into memory in the caller's layout; slice off head-dim padding.
     if layout == "HND":
@@ -220,7 +223,8 @@ def _run_sm90(q, k, v, layout, is_causal, sm_scale, return_lse, gran, pv_accum, 
 def _forward(q, k, v, layout, is_causal, sm_scale, return_lse, gran, pv_accum, smooth_k, smooth_v, smooth_q, backend):
     """One call on ``backend``: ``(o, lse or None)``, o dense in the caller's layout."""
     if backend == "sm90":
-        o, lse = _run_sm90(q, k, v, layout, is_causal, sm_scale, return_lse, gran, pv_accum, smooth_k, smooth_v)
+        o, lse = _run_sm90(q, k, v, layout, is_causal, sm_scale, return_lse, gran, pv_accum, smooth_k, smooth_v,
+                           smooth_q)
     elif backend == "reference":
         o, lse = reference.sageattn_reference(
             q, k, v, layout, is_causal, sm_scale, True,
@@ -465,7 +469,8 @@ class PreparedCall:
 
 
 def _prepare(
-    q, k, v, layout, is_causal, sm_scale, return_lse, gran, pv_accum, smooth_k, smooth_v=False, scratch=False
+    q, k, v, layout, is_causal, sm_scale, return_lse, gran, pv_accum, smooth_k, smooth_v=False, scratch=False,
+    smooth_q=False,
 ) -> PreparedCall:
     qh, kh, vh = (reference.to_hnd(t, layout) for t in (q, k, v))
     head_dim = qh.shape[-1]
@@ -476,7 +481,7 @@ def _prepare(
     fuse_q = gran in FUSED_Q_GRANULARITIES
     qi = quantize_inputs(
         qh, kh, vh, granularity=gran, pv_accum=pv_accum, smooth_k=smooth_k, smooth_v=smooth_v, scratch=scratch,
-        fuse_q=fuse_q,
+        fuse_q=fuse_q, smooth_q=smooth_q,
     )
     return PreparedCall(qi, q.dtype, is_causal, sm_scale, return_lse, head_dim)
 
@@ -489,6 +494,7 @@ def prepare_inputs(q, k, v, tensor_layout="HND", is_causal=False, sm_scale=None,
     return _prepare(
         q, k, v, tensor_layout, is_causal, _check_scale(sm_scale, shapes.head_dim), False,
         QuantGranularity(opts["qk_quant_gran"]), PvAccum(opts["pv_accum_dtype"]), opts["smooth_k"], opts["smooth_v"],
+        smooth_q=opts["smooth_q"],
     )  # fmt: skip
 
 

@@ -133,6 +133,20 @@ def k_mean(k: torch.Tensor) -> torch.Tensor:
     return k.mean(dim=2, keepdim=True)
 
 
+def q_mean(q: torch.Tensor) -> torch.Tensor:
+    """sm90 ``smooth_q``: one sequence mean of Q per (batch, head, channel), [B,H,1,D] in
+    q's dtype (as ``k_mean``)."""
+    return k_mean(q)
+
+
+def smooth_q_delta_s(qm: torch.Tensor, k: torch.Tensor, km: torch.Tensor | None) -> torch.Tensor:
+    """sm90 ``smooth_q``: ``delta_s[b, h, j] = qm[b, h] . (k[b, h_kv, j] - km[b, h_kv])`` in
+    fp32, [B,Hq,Lk]: what quantizing ``q - qm`` instead of ``q`` removed from every score of
+    key ``j``, added back per score by the kernel."""
+    ksm = k.float() - (km.float() if km is not None else 0.0)
+    return torch.matmul(qm.float(), _expand_kv(ksm, qm.shape[1]).transpose(-1, -2))[:, :, 0]
+
+
 def v_mean(v: torch.Tensor) -> torch.Tensor:
     """Sequence mean of V per (batch, head, channel), fp32 [B,H,D] (smooth_v)."""
     return v.float().mean(dim=2)
@@ -320,9 +334,15 @@ def lse_smoothing_correction(qh: torch.Tensor, km: torch.Tensor, sm_scale: float
 
 
 def _emulate_int8_fp8(
-    qh, kh, vh, *, is_causal, sm_scale, gran, pv_accum, smooth_k, smooth_v, smooth_q, geom, lq, lk, rowsum_p8=False
+    qh, kh, vh, *, is_causal, sm_scale, gran, pv_accum, smooth_k, smooth_v, smooth_q, geom, lq, lk, rowsum_p8=False,
+    q_mean_per_head=False,
 ):
     """Sage2 INT8-QK / FP8-PV emulation on head-padded HND inputs (numerics.md §8).
+
+    ``smooth_q``: Q minus its per-``blk_q``-row block means (SageAttention2's), or with
+    ``q_mean_per_head`` minus one mean per (batch, head) (sagecute's sm90 kernel: the
+    correction ``delta_s`` is then one value per key, Note [smooth_q on sm90] in
+    kernels/sm90/attn_fwd.py); either way ``delta_s`` is added to the dequantized scores.
 
     ``rowsum_p8``: the softmax denominator is the sum of the e4m3-rounded P, accumulated
     by the PV MMA as one more V channel of 1.0 (sagecute's sm90 kernel, Note [Row sum on
@@ -333,7 +353,11 @@ def _emulate_int8_fp8(
     c = sm_scale * LOG2E
     km = k_mean(kh) if smooth_k else None
     k8, ks = quantize_qk_int8(kh, gran, geom, is_k=True, mean=km)
-    if smooth_q:
+    if smooth_q and q_mean_per_head:
+        qm = q_mean(qh)  # [B,H,1,D]
+        q8, qs = quantize_qk_int8(qh, gran, geom, is_k=False, mean=qm)
+        delta_s_rows = smooth_q_delta_s(qm, kh, km)[:, :, None]  # [B,H,1,Lk]
+    elif smooth_q:
         qm = _q_block_means(qh, geom.blk_q)  # [B,H,nblk,D]
         row_blk = torch.arange(lq, device=qh.device) // geom.blk_q
         qf = qh.float() - qm.float()[:, :, row_blk]
@@ -477,7 +501,9 @@ def sageattn_reference(
     the WGMMA fragment, softmax denominator from the e4m3 P), "sm89"
     (SageAttention2's 128x64 geometry), "sm100" /
     "sm120" (NVFP4 Q, K, P, V with Sage3's two-level P scaling; ``smooth_q``
-    adds the per-128-row Q mean back through ``delta_s``).
+    adds the per-128-row Q mean back through ``delta_s``). On "sm90" ``smooth_q``
+    subtracts one Q mean per (batch, head) (``q_mean``, ``smooth_q_delta_s``); on "sm89"
+    per-128-row block means, as SageAttention2.
     ``rowsum_p8``: INT8/FP8 archs only, the softmax denominator from the e4m3 P (the
     sm90 kernel's default with two-level PV accumulation) or the fp32 P (SageAttention2's;
     the sm90 kernel with ``rowsum_mma=False`` or pv_accum "fp32"); None: the arch's own.
@@ -509,6 +535,7 @@ def sageattn_reference(
             lq=lq,
             lk=lk,
             rowsum_p8=(arch == "sm90" and pv_accum_dtype != "fp32") if rowsum_p8 is None else rowsum_p8,
+            q_mean_per_head=arch == "sm90",
         )
     o = from_hnd(o[..., :d].to(q.dtype), tensor_layout)
     return (o, lse.float()) if return_lse else o

@@ -88,11 +88,12 @@ def test_auto_dispatch_on_sm90_and_fallbacks():
     q, k, v = make_qkv(1, 4, 4, 256, 256, 128, device="cuda")
     cfg = dispatch.CallConfig(128, q.dtype, False, "per_thread", "fp32+fp32", True, False, False)
     assert dispatch.select(q.device, cfg).backend == "sm90"
-    with pytest.warns(RuntimeWarning, match="smooth_q"):
-        o = sagecute.sageattn(q, k, v, smooth_q=True)
+    mask = torch.ones(256, 256, dtype=torch.bool, device="cuda").tril()
+    with pytest.warns(RuntimeWarning, match="attn_mask"):
+        o = sagecute.sageattn(q, k, v, attn_mask=mask)
     assert torch.isfinite(o).all()
-    with pytest.raises(NotImplementedError, match="smooth_q"):
-        sagecute.sageattn(q, k, v, smooth_q=True, backend="sm90")
+    with pytest.raises(NotImplementedError, match="attn_mask"):
+        sagecute.sageattn(q, k, v, attn_mask=mask, backend="sm90")
 
 
 SMOOTH_V_CASES = [
@@ -131,6 +132,55 @@ def test_sageattn_smooth_v(case):
     m_smooth, m_plain = error_metrics(o, exact), error_metrics(plain, exact)
     assert m_smooth.rel_l1 <= 1.1 * m_plain.rel_l1 + 1e-4, (m_smooth, m_plain)
     again = sagecute.sageattn(q, k, v, smooth_v=True, backend="sm90", **kw)
+    assert torch.equal(o, again)
+
+
+SMOOTH_Q_CASES = [
+    # b, hq, hkv, lq, lk, d, causal, layout, dtype, kind, pv, gran, smooth_k
+    (2, 8, 2, 1000, 1000, 128, False, "HND", torch.bfloat16, "outlier_q", "fp32+fp32", "per_thread", True),
+    (1, 8, 8, 127, 4100, 64, True, "NHD", torch.float16, "outlier_q", "fp32+fp32", "per_thread", True),
+    (1, 4, 1, 1, 17, 128, False, "NHD", torch.bfloat16, "normal", "fp32", "per_thread", True),
+    (2, 4, 4, 300, 129, 80, True, "HND", torch.bfloat16, "outlier_q", "fp32+fp16", "per_warp", True),
+    (1, 8, 2, 2500, 2500, 64, False, "HND", torch.bfloat16, "peaked", "fp32+fp32", "per_thread", True),
+    (1, 8, 1, 777, 3001, 128, True, "HND", torch.bfloat16, "outlier_q", "fp32+fp32", "per_thread", False),
+]
+
+
+@needs_sm90
+@pytest.mark.parametrize("case", SMOOTH_Q_CASES,
+                         ids=lambda c: f"b{c[0]}h{c[1]}/{c[2]}q{c[3]}k{c[4]}d{c[5]}{'c' if c[6] else ''}{c[7]}-{c[9]}-"
+                                       f"{c[10]}-{c[11]}{'' if c[12] else '-nosmoothk'}")
+def test_sageattn_smooth_q(case):
+    """Note [smooth_q on sm90]: Q quantized minus its per-head mean, delta_s added per
+    score: tracks the emulation, and on Q channel offsets it is more accurate than
+    without."""
+    b, hq, hkv, lq, lk, d, causal, layout, dtype, kind, pv, gran, smooth_k = case
+    q, k, v = make_qkv(b, hq, hkv, lq, lk, d, dtype=dtype, device="cuda", kind=kind, layout=layout)
+    before = [t.clone() for t in (q, k, v)]
+    kw = dict(tensor_layout=layout, is_causal=causal, pv_accum_dtype=pv, qk_quant_gran=gran, smooth_k=smooth_k)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no fallback
+        o, lse = sagecute.sageattn(q, k, v, smooth_q=True, return_lse=True, backend="sm90", **kw)
+    for t, t0 in zip((q, k, v), before):
+        assert torch.equal(t, t0), "an input was modified"
+    assert o.shape == q.shape and o.dtype == q.dtype and torch.isfinite(o).all()
+    emu, lse_emu = reference.sageattn_reference(q, k, v, layout, causal, return_lse=True, arch="sm90",
+                                                smooth_q=True, pv_accum_dtype=pv, qk_quant_gran=gran,
+                                                smooth_k=smooth_k)
+    exact, lse_exact = reference.attention_exact(q, k, v, layout, causal, return_lse=True)
+    vs_emu, emu_exact = error_metrics(o, emu), error_metrics(emu, exact)
+    assert vs_emu.rel_l1 <= max(0.1 * emu_exact.rel_l1, 2e-3), (vs_emu, emu_exact)
+    # LSE: the kernel's Q mean may differ from torch's by one unit in the last place,
+    # which moves the INT8 rounding of Q: allow part of the emulation's own LSE error
+    emu_lse_err = (lse_emu - lse_exact).abs().max().item()
+    assert (lse - lse_emu).abs().max() <= 1e-2 + 0.5 * emu_lse_err, ((lse - lse_emu).abs().max(), emu_lse_err)
+    assert (lse - lse_exact).abs().max() <= 1.5 * emu_lse_err + 0.02, ((lse - lse_exact).abs().max(), emu_lse_err)
+    m_smooth = error_metrics(o, exact)
+    if kind == "outlier_q":
+        plain = sagecute.sageattn(q, k, v, backend="sm90", **kw)
+        m_plain = error_metrics(plain, exact)
+        assert m_smooth.rel_l1 < m_plain.rel_l1, (m_smooth, m_plain)
+    again = sagecute.sageattn(q, k, v, smooth_q=True, backend="sm90", **kw)
     assert torch.equal(o, again)
 
 

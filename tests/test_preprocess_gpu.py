@@ -390,6 +390,50 @@ def test_qkv_smooth_v_matches_reference(case):
             assert torch.equal(_bits(x), _bits(y)), "not deterministic"
 
 
+SMOOTH_Q_CASES = [
+    # (b, hq, hkv, lq, lk, d, dtype, layout, smooth_k)
+    (1, 4, 4, 1, 1, 128, BF16, "HND", True),
+    (2, 8, 2, 333, 1000, 128, BF16, "NHD", True),
+    (1, 4, 1, 100, 3000, 64, FP16, "strided", True),  # 16 splits, a stashed block, MQA-like group of 4
+    (1, 2, 2, 700, 12000, 128, BF16, "HND", True),  # blocks re-read in pass 2
+    (1, 6, 2, 129, 2049, 64, BF16, "HND", False),
+]
+
+
+@pytest.mark.parametrize("case", SMOOTH_Q_CASES, ids=lambda c: f"b{c[0]}h{c[1]}/{c[2]}-lq{c[3]}-lk{c[4]}-d{c[5]}-"
+                         f"{str(c[6])[6:]}-{c[7]}{'' if c[8] else '-plain'}")
+def test_qkv_smooth_q_delta_s(case):
+    """Note [delta_s in the K pass]: with Q's mean the K/V kernel also writes
+    delta_s = q_mean . (k - k_mean) per (q head, key), equal to the reference's up to
+    summation order, and leaves every other output as without it."""
+    b, hq, hkv, lq, lk, d, dtype, layout, smooth_k = case
+    kern = _kernels()
+    q = make_input(b, hq, lq, d, dtype, layout, seed=31)
+    q = (q.float() + 3 * torch.randn(b, hq, 1, d, device="cuda")).to(dtype)  # channel offsets
+    k = make_input(b, hkv, lk, d, dtype, layout, kind="outlier", seed=32)
+    v = make_input(b, hkv, lk, d, dtype, layout, seed=33)
+    qm = kern.k_mean_cute(q)
+    ulp = (ref.q_mean(q).float().abs() * (2.0 ** -(7 if dtype == BF16 else 10))).clamp_min(1e-30)
+    assert ((qm.float() - ref.q_mean(q).float()).abs() <= ulp).all(), "q_mean off by more than one ulp"
+    out = kern.quantize_qkv_cute(q, k, v, T, smooth_k, with_q=False, q_mean=qm)
+    plain = kern.quantize_qkv_cute(q, k, v, T, smooth_k, with_q=False)
+    assert len(out) == 9
+    for i, name in enumerate(("q_int8", "q_scale", "k_int8", "k_scale", "k_mean", "v_fp8", "v_scale", "v_mean")):
+        if out[i] is not None:
+            assert_bits_equal(out[i], plain[i], name)
+    delta = out[8]
+    lpad = SM90_GEOMETRY.padded_kv_len(lk)
+    assert delta.shape == (b, hq, lpad) and delta.dtype == torch.float32 and delta.is_contiguous()
+    assert torch.isfinite(delta).all()
+    want = ref.smooth_q_delta_s(qm, k, out[4])
+    scale = (qm.float().abs() @ ref._expand_kv((k.float() - (out[4].float() if smooth_k else 0)).abs(), hq)
+             .transpose(-1, -2))[:, :, 0]  # fmt: skip
+    err = (delta[..., :lk] - want).abs()
+    assert (err <= scale * 2.0**-16 + 1e-30).all(), (err / scale).max()  # summation order only
+    again = kern.quantize_qkv_cute(q, k, v, T, smooth_k, with_q=False, q_mean=qm)
+    assert torch.equal(_bits(delta), _bits(again[8])), "not deterministic"
+
+
 def test_qkv_scratch_reuse_and_plan_cache():
     """Note [Preprocess host cost]: scratch outputs are reused per (signature,
     stream), fresh outputs are not, and a cached plan still sees a new input's

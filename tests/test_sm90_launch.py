@@ -66,9 +66,9 @@ def test_launch_args_and_plan_cache(calls):
     assert len(launch._PLANS) == 1 and len(calls["compiles"]) == 1
     first, second = calls["launches"]
     assert first[4].dtype == torch.uint8 and first[4].data_ptr() == args["v_fp8"].data_ptr()
-    assert first[8] is None  # v_mean: smooth_v off
-    assert first[9] == pytest.approx(0.125 * LOG2E) and second[9] == pytest.approx(0.5 * LOG2E)
-    assert first[10] == 132  # persistent grid capped at the SM count
+    assert first[8] is None and first[9] is None and first[10] is None  # v_mean, q_mean, delta_s: no smoothing
+    assert first[11] == pytest.approx(0.125 * LOG2E) and second[11] == pytest.approx(0.5 * LOG2E)
+    assert first[12] == 132  # persistent grid capped at the SM count
     # a new sequence length is a new plan, not a new kernel
     _run(_args(lq=33, lk=1000))
     assert len(launch._PLANS) == 2 and calls["compiles"][0] == calls["compiles"][-1]
@@ -153,8 +153,33 @@ def test_v_mean_is_passed_and_checked(calls):
     launch.attn_fwd_sm90(**args, v_mean=vm, sm_scale=0.1, is_causal=False, granularity=T,
                          pv_accum=PvAccum.FP32_FP32)
     assert calls["launches"][-1][8] is vm
-    assert len(calls["compiles"]) == 2 and calls["compiles"][0][-1] is False and calls["compiles"][1][-1] is True
+    assert len(calls["compiles"]) == 2 and calls["compiles"][0][-2] is False and calls["compiles"][1][-2] is True
     for bad in (torch.empty(1, 2, 64), torch.empty(1, 2, 128, dtype=torch.float16)):
         with pytest.raises(ValueError, match="v_mean"):
             launch.attn_fwd_sm90(**args, v_mean=bad, sm_scale=0.1, is_causal=False, granularity=T,
                                  pv_accum=PvAccum.FP32_FP32)
+
+
+def test_smooth_q_is_passed_and_checked(calls):
+    """smooth_q (Note [smooth_q on sm90]): q_mean and delta_s reach the kernel, select
+    its own variant with its spill-free config, and bad ones name the argument."""
+    args = _args()
+    args["q_int8"] = _aligned_empty(*args["q_int8"].shape, dtype=torch.bfloat16)
+    args["q_scale"] = None
+    b, hq, _, d = args["q_int8"].shape
+    lpad = args["v_fp8"].shape[-1]
+    qm, delta = _aligned_empty(b, hq, 1, d, dtype=torch.bfloat16), _aligned_empty(b, hq, lpad, dtype=torch.float32)
+    kw = dict(sm_scale=0.1, is_causal=False, granularity=T, pv_accum=PvAccum.FP32_FP32)
+    launch.attn_fwd_sm90(**args, q_mean=qm, delta_s=delta, **kw)
+    (key,) = calls["compiles"]
+    assert key[-1] is True and key[6].tile_m == 128 and key[6].promote_before_softmax and not key[6].pdl
+    assert calls["launches"][-1][9] is qm and calls["launches"][-1][10] is delta
+    with pytest.raises(ValueError, match="both q_mean and delta_s"):
+        launch.attn_fwd_sm90(**args, q_mean=qm, **kw)
+    with pytest.raises(ValueError, match="delta_s must be"):
+        launch.attn_fwd_sm90(**args, q_mean=qm, delta_s=delta[..., :128], **kw)
+    with pytest.raises(ValueError, match="q_mean must be"):
+        launch.attn_fwd_sm90(**args, q_mean=qm.float(), delta_s=delta, **kw)
+    int8 = _args()
+    with pytest.raises(ValueError, match="fused Q"):
+        launch.attn_fwd_sm90(**int8, q_mean=qm, delta_s=delta, **kw)

@@ -182,9 +182,9 @@ def _compile_v_fp8_ffi(dtype, head_dim: int, geom: QuantGeometry, arch, extra: s
 @functools.cache
 def _compile_qkv_ffi(
     dtype, head_dim: int, gran: QuantGranularity, smooth_k: bool, geom: QuantGeometry, splits: int, with_q: bool,
-    stash: int, smooth_v: bool, arch, extra="", cache_hints: Optional[str] = None,
+    stash: int, smooth_v: bool, smooth_q: bool, arch, extra="", cache_hints: Optional[str] = None,
 ):  # fmt: skip
-    op = QuantizeQKV(dtype, head_dim, gran, smooth_k, geom, splits, with_q, stash, smooth_v, cache_hints)
+    op = QuantizeQKV(dtype, head_dim, gran, smooth_k, geom, splits, with_q, stash, smooth_v, cache_hints, smooth_q)
     return cute.compile(
         op,
         _fake_in(dtype, head_dim) if with_q else None, _fake_in(dtype, head_dim), _fake_in(dtype, head_dim),
@@ -193,6 +193,7 @@ def _compile_qkv_ffi(
         _fake_out(dtype, 4, head_dim) if smooth_k else None,
         _fake_out(cutlass.Uint8, 4), _fake_out(Float32, 3, head_dim),
         _fake_out(Float32, 3, head_dim) if smooth_v else None,
+        _fake_out(dtype, 4, head_dim) if smooth_q else None, _fake_out(Float32, 3) if smooth_q else None,
         Float32(FP8_E4M3_MAX), _ffi_stream(),
         options=_options(arch, "--enable-tvm-ffi " + extra),
     )  # fmt: skip
@@ -241,17 +242,21 @@ def preprocess_variants(
                     # with a stashed block (Note [Stashed blocks]); the other (splits,
                     # stash) pairs of splits_for / stash_for compile on first use
                     yield (f"quant_kv-{name}-d{d}-{gran.value}-ffi", _compile_qkv_ffi,
-                           (dtype, d, gran, True, geom, 8, False, 0, False))  # fmt: skip
+                           (dtype, d, gran, True, geom, 8, False, 0, False, False))  # fmt: skip
                     yield (f"quant_kv16s1-{name}-d{d}-{gran.value}-ffi", _compile_qkv_ffi,
-                           (dtype, d, gran, True, geom, 16, False, 1, False))  # fmt: skip
+                           (dtype, d, gran, True, geom, 16, False, 1, False, False))  # fmt: skip
                 yield (f"quant_qkv-{name}-d{d}-{grans[-1].value}-ffi", _compile_qkv_ffi,
-                       (dtype, d, grans[-1], True, geom, 8, True, 0, False))  # fmt: skip
+                       (dtype, d, grans[-1], True, geom, 8, True, 0, False, False))  # fmt: skip
                 yield (f"quant_kv_nosmooth-{name}-d{d}-{grans[-1].value}-ffi", _compile_qkv_ffi,
-                       (dtype, d, grans[-1], False, geom, 8, False, 0, False))  # fmt: skip
+                       (dtype, d, grans[-1], False, geom, 8, False, 0, False, False))  # fmt: skip
                 # smooth_v (Note [V mean]): both split counts, a stashed block with 16
                 for splits, stash in ((8, 0), (16, 1)):
                     yield (f"quant_kv{splits}s{stash}_smoothv-{name}-d{d}-{grans[-1].value}-ffi", _compile_qkv_ffi,
-                           (dtype, d, grans[-1], True, geom, splits, False, stash, True))  # fmt: skip
+                           (dtype, d, grans[-1], True, geom, splits, False, stash, True, False))  # fmt: skip
+                # smooth_q (Note [delta_s in the K pass]): both split counts
+                for splits, stash in ((8, 0), (16, 1)):
+                    yield (f"quant_kv{splits}s{stash}_smoothq-{name}-d{d}-{grans[-1].value}-ffi",
+                           _compile_qkv_ffi, (dtype, d, grans[-1], True, geom, splits, False, stash, False, True))  # fmt: skip
                 for gran in grans:
                     tag = f"{name}-d{d}-{gran.value}-ffi"
                     yield f"quant_q_int8-{tag}", _compile_int8_ffi, (dtype, d, gran, False, False, geom)
@@ -534,7 +539,9 @@ def clear_scratch() -> None:
     _SCRATCH.clear()
 
 
-def _qkv_plan(q, k, v, gran, smooth_k: bool, geom: QuantGeometry, with_q: bool, smooth_v: bool) -> _QkvPlan:
+def _qkv_plan(
+    q, k, v, gran, smooth_k: bool, geom: QuantGeometry, with_q: bool, smooth_v: bool, smooth_q: bool = False
+) -> _QkvPlan:
     gran = QuantGranularity(gran)
     for name, t in (("q", q), ("k", k), ("v", v)):
         _check_input(t, name)
@@ -549,12 +556,13 @@ def _qkv_plan(q, k, v, gran, smooth_k: bool, geom: QuantGeometry, with_q: bool, 
         ((b, hkv, d, geom.padded_kv_len(lk)), torch.float8_e4m3fn),
         ((b, hkv, d), torch.float32),
         ((b, hkv, d), torch.float32) if smooth_v else None,
+        ((b, hq, geom.padded_kv_len(lk)), torch.float32) if smooth_q else None,
     )
     compile_args = None
     if fused_qkv_supported(q, k, v, geom):
         splits = splits_for(lk, geom.blk_k)
         compile_args = (_TORCH_TO_CUTE[q.dtype], d, gran, bool(smooth_k), geom, splits, with_q,
-                        stash_for(lk, splits, geom.blk_k), bool(smooth_v), None)  # fmt: skip
+                        stash_for(lk, splits, geom.blk_k), bool(smooth_v), bool(smooth_q), None)  # fmt: skip
     return _QkvPlan(compile_args, shapes, all(_strides_aligned(t) for t in (q, k, v)))
 
 
@@ -582,6 +590,7 @@ def quantize_qkv_cute(
     scratch: bool = False,
     with_q: bool = True,
     smooth_v: bool = False,
+    q_mean: Optional[torch.Tensor] = None,
 ):
     """Q int8, K (smoothed) int8 and V fp8 -> ``(q_int8, q_scale, k_int8, k_scale,
     k_mean | None, v_fp8, v_scale, v_mean | None)``, each as the standalone quantizers
@@ -589,6 +598,10 @@ def quantize_qkv_cute(
     ``smooth_v``: V minus its per-channel mean, returned as fp32 ``v_mean`` [B, Hkv, D]
     (Note [V mean] in ``kernels/common/quant_qkv.py``; the standalone path quantizes V
     with the torch reference then).
+    ``q_mean`` (sm90 smooth_q, with ``with_q=False``): Q's sequence mean
+    [B, Hq, 1, D] (``k_mean_cute(q)``); a ninth element ``delta_s`` fp32 [B, Hq, Lk padded
+    to 128] is returned, ``q_mean . (k_j - k_mean)`` per key (Note [delta_s in the K
+    pass]; the standalone path computes it with ``reference.smooth_q_delta_s``).
 
     One launch (``kernels/common/quant_qkv.py``) on the TVM-FFI path when
     ``fused_qkv_supported``; otherwise, or on the pointer path, the standalone kernels.
@@ -605,9 +618,12 @@ def quantize_qkv_cute(
     order makes that safe: the next call's kernel runs after this call's attention
     has read them). Not during CUDA graph capture.
     """
+    smooth_q = q_mean is not None
+    if smooth_q and with_q:
+        raise ValueError("q_mean (smooth_q) needs with_q=False")
     key = (q.shape, q.stride(), k.shape, k.stride(), v.shape, v.stride(), q.dtype, k.dtype, v.dtype,
-           q.device, gran, bool(smooth_k), geom, with_q, bool(smooth_v))  # fmt: skip
-    plan = cached_plan(_QKV_PLANS, key, lambda: _qkv_plan(q, k, v, gran, smooth_k, geom, with_q, smooth_v))
+           q.device, gran, bool(smooth_k), geom, with_q, bool(smooth_v), smooth_q)  # fmt: skip
+    plan = cached_plan(_QKV_PLANS, key, lambda: _qkv_plan(q, k, v, gran, smooth_k, geom, with_q, smooth_v, smooth_q))
 
     def standalone():
         g = QuantGranularity(gran)
@@ -618,7 +634,11 @@ def quantize_qkv_cute(
             v8, vs = reference.quantize_v_fp8(v, geom, scale_max=scale_max, mean=vm)
         else:
             v8, vs, vm = *quantize_v_fp8_cute(v, scale_max, geom), None
-        return q8, qs, k8, ks, km, v8, vs, vm
+        if not smooth_q:
+            return q8, qs, k8, ks, km, v8, vs, vm
+        delta = reference.smooth_q_delta_s(q_mean, k, km)
+        delta = torch.nn.functional.pad(delta, (0, geom.padded_kv_len(k.shape[2]) - k.shape[2]))
+        return q8, qs, k8, ks, km, v8, vs, vm, delta
 
     if plan.compile_args is None or not _PATH.use_ffi():
         return standalone()
@@ -629,13 +649,13 @@ def quantize_qkv_cute(
     else:
         qa, ka, va = _aligned(q) if with_q else q, _aligned(k), _aligned(v)
     out = _qkv_outputs(plan, key, q.device, scratch)
-    q8, qs, k8, ks, km, v8, vs, vm = out
+    q8, qs, k8, ks, km, v8, vs, vm, delta = out
     result = []
 
     def ffi():
         plan.compiled(qa if with_q else None, ka, va, q8, qs, k8, ks, km, v8.view(torch.uint8), vs, vm,
-                      float(scale_max))
-        result.append(out)
+                      _aligned(q_mean) if smooth_q else None, delta, float(scale_max))
+        result.append(out if smooth_q else out[:8])
 
     _PATH.launch(ffi, lambda: result.append(standalone()))
     return result[0]

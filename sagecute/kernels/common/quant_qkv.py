@@ -88,6 +88,18 @@ int8/fp8 output with ``.cs`` (the attention reads it much later). H200, B4 H32 D
 L16k 584 -> 573, L1k unchanged (one block per split: nothing re-read); D64 L8k 128 ->
 125. Cache operators change no value.
 
+Note [delta_s in the K pass]
+----------------------------
+``smooth_q`` on sm90 (Note [smooth_q on sm90] in kernels/sm90/attn_fwd.py) needs, per
+key ``j`` and q head ``h``, ``delta_s = qm_h . (k_j - km)`` with ``qm_h`` Q's sequence
+mean (a ``KMean`` launch before this one) and ``km`` the K mean this kernel computes.
+Pass 2 has ``k_j - km`` at hand for the rows it quantizes: each thread takes the dot
+product over its 8 channels for each of the kv head's q heads, a butterfly over the
+row's lanes adds the parts (fixed order: deterministic), and one lane stores it into
+``delta`` [B, Hq, Lk padded to 128] (padding keys too: the attention masks them).
+fp32 throughout; it differs from ``reference.smooth_q_delta_s`` (a torch matmul) only
+in summation order.
+
 Note [Split K mean]
 -------------------
 Each split sums its rows in fp32 (per thread in row order, then a butterfly over
@@ -115,7 +127,7 @@ from ...quant_layout import QuantGeometry, QuantGranularity
 from .quant_fp8 import GROUP, NUM_THREADS, NUM_WARPS, VEC, QuantizeVFp8, channel_inv
 from .quant_int8 import QuantizeInt8
 from .quant_math import (
-    div_rn, gmem_store, gmem_vec, ld_shared_cluster_f32, pack_e4m3x4, prmt, warp_max_bfly, warp_sum_bfly, widen_row
+    div_rn, gmem_load, gmem_store, gmem_vec, ld_shared_cluster_f32, pack_e4m3x4, prmt, warp_max_bfly, warp_sum_bfly, widen_row
 )
 
 SPLIT_CHOICES = (8, 16)  # K/V splits per (batch, head) = cluster size; 16 is non-portable
@@ -157,6 +169,7 @@ class QuantizeQKV:
         stash: int = 0,
         smooth_v: bool = False,
         cache_hints: Optional[str] = None,
+        smooth_q: bool = False,
     ):
         if not self.can_implement(dtype, head_dim, geom) or splits not in SPLIT_CHOICES or stash not in STASH_CHOICES:
             raise ValueError(f"unsupported fused QKV quantizer config: {dtype}, head_dim={head_dim}, {geom}")
@@ -167,6 +180,11 @@ class QuantizeQKV:
         # kernel adds back to O
         self.smooth_v = smooth_v
         self.splits = splits
+        # Note [delta_s in the K pass]: with smooth_q, pass 2 also writes each key's
+        # qm . (k - km) for every q head of the kv head
+        self.smooth_q = smooth_q
+        if smooth_q and with_q:
+            raise ValueError("smooth_q: K and V only (the attention kernel quantizes Q minus its mean)")
         # D128 K/V: cap at 128 registers for 4 CTAs per SM (ptxas would take 130, i.e. 3
         # per SM; spill-free at 128, H200 L1k 39.9 -> 35.6 us). smooth_v needs ~140 and
         # D64 fits anyway: no cap (0)
@@ -225,6 +243,8 @@ class QuantizeQKV:
         mV8: cute.Tensor,  # uint8 view of e4m3 (B, Hkv, D, Lpad) contiguous
         mVs: cute.Tensor,  # fp32 (B, Hkv, D) contiguous
         mVm: Optional[cute.Tensor],  # fp32 (B, Hkv, D) contiguous, smooth_v only
+        mQm: Optional[cute.Tensor],  # dtype (B, Hq, 1, D) contiguous: Q's mean, smooth_q only
+        mDelta: Optional[cute.Tensor],  # fp32 (B, Hq, Lk padded to blk) contiguous, smooth_q only
         scale_max: Float32,
         stream: cuda.CUstream,
     ):
@@ -232,7 +252,7 @@ class QuantizeQKV:
         if const_expr(self.with_q):
             q_blocks = (mQ.shape[2] + self.blk - 1) // self.blk
             q_ctas, heads = (q_blocks + self.splits - 1) // self.splits * self.splits, mQ.shape[1]
-        self.kernel(mQ, mK, mV, mQ8, mQs, mK8, mKs, mKm, mV8, mVs, mVm, scale_max).launch(
+        self.kernel(mQ, mK, mV, mQ8, mQs, mK8, mKs, mKm, mV8, mVs, mVm, mQm, mDelta, scale_max).launch(
             grid=[2 * self.splits + q_ctas, heads, mK.shape[0]],
             block=[NUM_THREADS, 1, 1],
             cluster=[self.splits, 1, 1],
@@ -270,6 +290,8 @@ class QuantizeQKV:
         mV8: cute.Tensor,
         mVs: cute.Tensor,
         mVm: Optional[cute.Tensor],
+        mQm: Optional[cute.Tensor],
+        mDelta: Optional[cute.Tensor],
         scale_max: Float32,
     ):
         # the attention kernel after this one may launch now (Note [PDL after the
@@ -301,7 +323,8 @@ class QuantizeQKV:
         split = x % self.splits
         if role == 0:
             if head < mK.shape[1]:
-                self.k_split(mK, mK8, mKs, mKm, batch, head, split, tid, s_block, s_warp, s_split, s_mean, s_stash)
+                self.k_split(mK, mK8, mKs, mKm, mQm, mDelta, batch, head, split, tid, s_block, s_warp, s_split, s_mean,
+                             s_stash)
         elif role == 1:
             if head < mV.shape[1]:
                 self.v_split(mV, mV8, mVs, mVm, scale_max, batch, head, split, tid, s_warp, s_split, s_chan,
@@ -327,6 +350,7 @@ class QuantizeQKV:
     @cute.jit
     def k_split(
         self, mK: cute.Tensor, mK8: cute.Tensor, mKs: cute.Tensor, mKm: Optional[cute.Tensor],
+        mQm: Optional[cute.Tensor], mDelta: Optional[cute.Tensor],
         batch, head, split, tid, s_block, s_warp: cute.Tensor, s_split: cute.Tensor, s_mean: cute.Tensor,
         s_stash: Optional[cute.Tensor],
     ):  # fmt: skip
@@ -373,6 +397,8 @@ class QuantizeQKV:
                 self.k_quant.load_rows(rX, mK.iterator, base, stride_l, blk_idx, seqlen, tid, self.once_cop)
             self.k_quant.quantize_rows(rX, mean_f32, k8, mKs.iterator, bh, blk_idx, seqlen, tid, s_block,
                                        self.store_cop)
+            if const_expr(self.smooth_q):
+                self.delta_rows(rX, mean_f32, mQm, mDelta, mQm.shape[1] // mK.shape[1], batch, head, blk_idx, tid)
         if const_expr(self.smooth_k):
             cute.arch.cluster_wait()  # no CTA leaves while another still reads its s_split
 
@@ -501,6 +527,33 @@ class QuantizeQKV:
                 rOut[2 * m + 1] = prmt(rPair[c, 2 * m + 1], got, odd)
             row = row0 + Int64(c + half * part)
             gmem_store(v_fp8, row * Int64(words_per_row) + Int64(group * words), rOut.load(), self.store_cop)
+
+    @cute.jit
+    def delta_rows(
+        self, rX: cute.Tensor, mean_f32: cute.Tensor, mQm: cute.Tensor, mDelta: cute.Tensor, q_per_kv, batch, head,
+        blk_idx, tid,
+    ):  # fmt: skip
+        """Note [delta_s in the K pass]: ``delta[b, hq, j] = qm[b, hq] . (k_j - km)`` for
+        this thread's rows of block ``blk_idx`` (in ``rX``) and every q head ``hq`` of kv
+        head ``head``: 8 channels per thread, then a butterfly over the row's lanes."""
+        tpr, rpp = self.k_quant.threads_per_row, self.k_quant.rows_per_pass
+        col = self.k_quant.col(tid)
+        padded = mDelta.shape[2]
+        row0 = blk_idx * self.blk + tid // tpr
+        bh0 = Int64(batch) * Int64(mQm.shape[1]) + Int64(head * q_per_kv)
+        for i in cutlass.range_constexpr(self.k_quant.rows_per_thread):
+            ksm = [x - mean_f32[e] for e, x in enumerate(widen_row(rX[None, i], 1))]
+            # the q heads innermost, one runtime loop per row: hoisting anything out of
+            # a loop over heads would keep every row's fp32 values live
+            for g in cutlass.range(q_per_kv, unroll=1):
+                bhq = bh0 + Int64(g)
+                qm = gmem_load(mQm.iterator, bhq * Int64(self.head_dim) + Int64(col), VEC).to(Float32)
+                d = Float32(0.0)
+                for e in cutlass.range_constexpr(VEC):
+                    d = d + ksm[e] * qm[e]
+                d = warp_sum_bfly(d, tpr - 1)
+                if tid % tpr == 0:
+                    gmem_vec(mDelta.iterator, bhq * Int64(padded) + Int64(row0 + rpp * i), 1, 1)[0] = d
 
     @cute.jit
     def publish_mean(self, total: Float32, seqlen, mKm: cute.Tensor, batch, head, split, tid, s_mean: cute.Tensor):

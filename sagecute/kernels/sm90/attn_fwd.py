@@ -50,7 +50,9 @@ import cuda.bindings.driver as cuda
 import cutlass
 import cutlass.cute as cute
 import cutlass.utils.hopper_helpers as sm90_utils_basic
-from cutlass import Float32, Int32, const_expr
+from cutlass import Float32, Int32, Int64, const_expr
+from cutlass._mlir.dialects import llvm
+from cutlass.cutlass_dsl import dsl_user_op
 from cutlass import pipeline
 from cutlass.cute.nvgpu import cpasync, warpgroup
 from cutlass.cute.nvgpu.warp import StMatrix8x8x16bOp
@@ -58,7 +60,7 @@ from cutlass.cute.nvgpu.warp import StMatrix8x8x16bOp
 from sagecute.kernels.common import softmax as softmax_utils
 from sagecute.kernels.common import wgmma
 from sagecute.kernels.common.tile_scheduler import StaticTileScheduler
-from sagecute.kernels.common.quant_math import div_rn, quantize_int8x4, recompute_here, warp_max_bfly
+from sagecute.kernels.common.quant_math import div_rn, gmem_load, quantize_int8x4, recompute_here, warp_max_bfly
 from sagecute.quant_layout import (
     FUSED_Q_GRANULARITIES,
     INT8_AMAX_FLOOR,
@@ -172,6 +174,45 @@ ROWSUM_COLS = 8
 # K/V preprocessing and Q was written before it started (``preprocess.quantize_inputs``
 # makes any TMA-ready copy of Q before launching it). Off for direct calls.
 # (At L=1k the preprocessing is ~1/4 of a call.)
+
+
+# Note [smooth_q on sm90]
+# -----------------------
+# With ``smooth_q`` Q is quantized minus one mean per (batch, head), ``qm`` (Q's
+# sequence mean in its dtype, from a KMean launch before the K/V preprocessing),
+# and every score of key j gets ``delta_s[j] = qm . (k_j - km)`` back (fp32, written
+# by the K/V preprocessing: Note [delta_s in the K pass] in
+# kernels/common/quant_qkv.py). The reference's sm90 smooth_q is that per-head form
+# (``reference.q_mean``, ``smooth_q_delta_s``); SageAttention2's per-64/128-row block
+# means would need a delta_s row per Q block and key ([B, H, Lq/128, Lk] fp32, more
+# bytes than Q) or an extra M=64 MMA per block. In the kernel:
+#   * the fused Q quantization subtracts ``qm`` (fp32) before the amax
+#     (quantize_q), as ``reference.quantize_qk_int8(q, mean=qm)``;
+#   * the producer copies block n's 128 delta_s values (512 bytes, one
+#     ``cp.async.bulk``) into the K stage's ``sDelta`` slot on the K barrier (its
+#     transaction count includes them);
+#   * right after QK(n) retires and before the K stage is released, the consumer
+#     forms the score ``u = S * q_scale * k_scale + delta_s`` in fp32 (add_delta_s:
+#     one FFMA), and the softmax takes the float row max of u (the int32 row max no
+#     longer orders it) and ``exp2(u * sm_scale * log2e - m)``: one FFMA and one
+#     FMNMX more per score than the int32-max path.
+# The LSE correction is unchanged (u is q . (k - km) again, up to quantization).
+
+
+@dsl_user_op
+def bulk_copy_g2s(dst: cute.Pointer, src: cute.Pointer, num_bytes: int, mbar: cute.Pointer, *, loc=None, ip=None):
+    """``cp.async.bulk`` of ``num_bytes`` (a multiple of 16, 16-byte aligned ends) from
+    global to shared memory, completing as transaction bytes on ``mbar``."""
+    args = [
+        Int32(dst.toint(loc=loc, ip=ip)).ir_value(loc=loc, ip=ip),
+        Int64(src.toint(loc=loc, ip=ip)).ir_value(loc=loc, ip=ip),
+        Int32(mbar.toint(loc=loc, ip=ip)).ir_value(loc=loc, ip=ip),
+    ]
+    llvm.inline_asm(
+        None, args,
+        f"cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [$0], [$1], {num_bytes}, [$2];",
+        "r,l,r", has_side_effects=True, is_align_stack=False,
+    )  # fmt: skip
 
 
 def tma_load(pipe: pipeline.PipelineAsync, tma_atom: cute.CopyAtom, src: cute.Tensor, dst: cute.Tensor,
@@ -322,11 +363,19 @@ class AttnFwdConfigSm90:
     @staticmethod
     def after_preprocess(
         head_dim: int, is_causal: bool = False, granularity: QuantGranularity = QuantGranularity.PER_THREAD,
-        seqlen_q: int = 0,
+        seqlen_q: int = 0, smooth_q: bool = False,
     ) -> "AttnFwdConfigSm90":
         """The API's (Q quantized in the kernel): ``tuned``, launched as a programmatic
-        dependent of the K/V preprocessing (Note [PDL after the preprocessing])."""
-        cfg = AttnFwdConfigSm90.tuned(head_dim, is_causal, granularity, True, seqlen_q)
+        dependent of the K/V preprocessing (Note [PDL after the preprocessing]).
+        ``smooth_q`` (Note [smooth_q on sm90]): two consumer warpgroups, and at d128 the
+        PV(n-1) promotion before the softmax: the spill-free forms (the float row max
+        and delta_s cost registers: three warpgroups spill 34, d128's default 2)."""
+        if smooth_q:
+            cfg = AttnFwdConfigSm90.default(head_dim)
+            if head_dim == 128:
+                cfg = dataclasses.replace(cfg, promote_before_softmax=True)
+        else:
+            cfg = AttnFwdConfigSm90.tuned(head_dim, is_causal, granularity, True, seqlen_q)
         return dataclasses.replace(cfg, pdl=True)
 
     @staticmethod
@@ -367,6 +416,8 @@ class BlockCtx(NamedTuple):
     v_scale: cute.Tensor  # the V scales of this thread's O columns (loaded under the last PV)
     mVMean: Optional[cute.Tensor]  # smooth_v: this (batch, head_kv)'s V means (Note [V mean])
     v_mean: Optional[cute.Tensor]  # smooth_v: the V means of this thread's O columns, as v_scale
+    sDelta: Optional[cute.Tensor]  # smooth_q: (tile_n, stage) delta_s of the K stages (Note [smooth_q on sm90])
+    delta_scale: Float32  # smooth_q: sm_scale * log2(e), the softmax's factor on u = S * scales + delta_s
     k_scale_idx0: Int32  # k_scale_index(col_in_block): block n reads idx0 + n * step
     qk_scale_log2: Float32
     col_in_block: Int32
@@ -392,10 +443,17 @@ class SageAttnFwdSm90:
         config: AttnFwdConfigSm90,
         q_dtype: Type[cutlass.Numeric] = cutlass.Int8,
         smooth_v: bool = False,
+        smooth_q: bool = False,
     ):
         ok, why = self.can_implement(out_dtype, head_dim, granularity, pv_accum, q_dtype)
         if not ok:
             raise ValueError(why)
+        if smooth_q and q_dtype is cutlass.Int8:
+            raise ValueError("smooth_q needs the fused Q quantization (a bf16/fp16 q)")
+        if smooth_q and config.tile_n != SM90_GEOMETRY.blk_k:
+            raise ValueError("smooth_q reads delta_s in 128-key blocks: tile_n must be 128")
+        # Note [smooth_q on sm90]: Q minus its per-head mean, delta_s added per score
+        self.smooth_q = smooth_q
         # Int8: Q arrives quantized (q_scale given); bf16/fp16: the consumers quantize
         # it (Note [Fused Q quantization])
         self.q_dtype = q_dtype
@@ -457,7 +515,9 @@ class SageAttnFwdSm90:
         d = self.head_dim
         q_in = self.tile_m * d * 2 if self.fuse_q else 0
         o_stage = self.tile_m * d * self.out_dtype.width // 8 if self.config.tma_o_store else 0
-        return 1024 + self.tile_m * d + q_in + o_stage + self.num_stages * (self.tile_n * d + self.pv_n * self.tile_n)
+        delta = self.num_stages * self.tile_n * 4 if self.smooth_q else 0
+        return (1024 + self.tile_m * d + q_in + o_stage + delta
+                + self.num_stages * (self.tile_n * d + self.pv_n * self.tile_n))
 
     # ------------------------------------------------------------------ host
     def make_tiled_mma_pv(self, num_wg: int, acc_dtype=Float32, n: Optional[int] = None) -> cute.TiledMma:
@@ -487,6 +547,8 @@ class SageAttnFwdSm90:
         mO: cute.Tensor,  # bf16/fp16 [B, Hq, Lq, D], any strides, last stride 1
         mLSE: Optional[cute.Tensor],  # fp32 [B, Hq, Lq] or None
         mVMean: Optional[cute.Tensor],  # fp32 [B, Hkv, D] with smooth_v, else None
+        mQMean: Optional[cute.Tensor],  # q_dtype [B, Hq, 1, D] with smooth_q, else None
+        mDelta: Optional[cute.Tensor],  # fp32 [B, Hq, Lk padded to 128] with smooth_q, else None
         softmax_scale_log2: Float32,  # sm_scale * log2(e)
         max_ctas: Int32,  # persistent grid cap (#SMs)
         stream: cuda.CUstream,
@@ -549,7 +611,9 @@ class SageAttnFwdSm90:
         self.tma_bytes_Q = self.tile_m * D * self.q_dtype.width // 8
         sQin_size = cute.cosize(sQin_layout) if const_expr(self.fuse_q) else 64
         sO_size = cute.cosize(sO_layout) if const_expr(self.config.tma_o_store) else 64
-        self.tma_bytes_K = self.tile_n * D
+        # smooth_q: block n's delta_s rides on the K barrier (Note [smooth_q on sm90])
+        self.tma_bytes_K = self.tile_n * D + (self.tile_n * 4 if const_expr(self.smooth_q) else 0)
+        sDelta_size = self.num_stages * self.tile_n if const_expr(self.smooth_q) else 4
         self.tma_bytes_V = D * self.tile_n
 
         @cute.struct
@@ -564,6 +628,7 @@ class SageAttnFwdSm90:
             sVt: cute.struct.Align[
                 cute.struct.MemRange[cutlass.Float8E4M3FN, cute.cosize(sVt_layout)], 1024
             ]
+            sDelta: cute.struct.Align[cute.struct.MemRange[Float32, sDelta_size], 128]  # smooth_q only
 
         num_m_blocks = cute.ceil_div(cute.size(mQ.shape[0]), self.tile_m)
         num_heads = cute.size(mQ.shape[2])
@@ -582,6 +647,8 @@ class SageAttnFwdSm90:
             tma_O,
             mLSE,
             mVMean,
+            mQMean,
+            mDelta,
             tma_atom_Q,
             tma_atom_K,
             tma_atom_V,
@@ -620,6 +687,8 @@ class SageAttnFwdSm90:
         mO_tma: Optional[cute.Tensor],  # TMA tensor (Lq, D, Hq, B) when tma_o_store
         mLSE: Optional[cute.Tensor],
         mVMean: Optional[cute.Tensor],
+        mQMean: Optional[cute.Tensor],
+        mDelta: Optional[cute.Tensor],
         tma_atom_Q: cute.CopyAtom,
         tma_atom_K: cute.CopyAtom,
         tma_atom_V: cute.CopyAtom,
@@ -679,6 +748,9 @@ class SageAttnFwdSm90:
         sO = None
         if const_expr(self.config.tma_o_store):
             sO = storage.sO.get_tensor(sO_layout.outer, swizzle=sO_layout.inner)
+        sDelta = None
+        if const_expr(self.smooth_q):
+            sDelta = storage.sDelta.get_tensor(cute.make_layout((self.tile_n, self.num_stages)))
 
         seqlen_q = cute.size(mQ.shape[0])
         seqlen_k = cute.size(mK.shape[0])
@@ -698,14 +770,15 @@ class SageAttnFwdSm90:
             if warp_idx == 0:
                 self.load(
                     mQ, mK, mVt, sQin, sK, sVt_tma, tma_atom_Q, tma_atom_K, tma_atom_V,
-                    pipeline_q, pipeline_k, pipeline_v, sched, seqlen_k, qhead_per_kvhead,
+                    pipeline_q, pipeline_k, pipeline_v, sched, seqlen_k, qhead_per_kvhead, mDelta, sDelta,
                 )
         else:
             if const_expr(self.config.use_setmaxnreg):
                 cute.arch.setmaxregister_increase(self.consumer_regs)
             tidx = cute.arch.thread_idx()[0] - self.num_threads_per_wg
             self.consumer(
-                tidx, sQ, sQin, sK, sVt, sO, mQScale, mKScale, mVScale, mO, mO_tma, mLSE, mVMean, tma_atom_O,
+                tidx, sQ, sQin, sK, sVt, sO, mQScale, mKScale, mVScale, mO, mO_tma, mLSE, mVMean, mQMean, sDelta,
+                tma_atom_O,
                 tiled_mma_qk, tiled_mma_pv, tiled_mma_o, pipeline_q, pipeline_k, pipeline_v,
                 sched, seqlen_q, seqlen_k, qhead_per_kvhead, softmax_scale_log2,
             )
@@ -765,6 +838,8 @@ class SageAttnFwdSm90:
         sched: StaticTileScheduler,
         seqlen_k: Int32,
         qhead_per_kvhead: Int32,
+        mDelta: Optional[cute.Tensor] = None,
+        sDelta: Optional[cute.Tensor] = None,
     ):
         D = self.head_dim
         q_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, 1)
@@ -797,6 +872,7 @@ class SageAttnFwdSm90:
                 tma_load(pipeline_q, tma_atom_Q, tQgQ, tQsQ, q_state)
                 cute.arch.griddepcontrol_wait()
             tma_load(pipeline_k, tma_atom_K, tKgK[None, 0], tKsK[None, kv_state.index], kv_state)
+            self.load_delta_s(mDelta, sDelta, pipeline_k, kv_state, batch, head, 0)
             if not q_first:
                 tma_load(pipeline_q, tma_atom_Q, tQgQ, tQsQ, q_state)
             q_state.advance()
@@ -804,12 +880,26 @@ class SageAttnFwdSm90:
             kv_state.advance()
             for n in cutlass.range(1, n_block_max, unroll=1):
                 tma_load(pipeline_k, tma_atom_K, tKgK[None, n], tKsK[None, kv_state.index], kv_state)
+                self.load_delta_s(mDelta, sDelta, pipeline_k, kv_state, batch, head, n)
                 tma_load(pipeline_v, tma_atom_V, tVgV[None, n], tVsV[None, kv_state.index], kv_state)
                 kv_state.advance()
             tile += sched.grid_stride()
         # Wait for the last releases before exiting. producer_tail advances the state
         # it is given: one tail only (K is always released before V of a stage).
         pipeline_v.producer_tail(kv_state)
+
+    @cute.jit
+    def load_delta_s(self, mDelta: Optional[cute.Tensor], sDelta: Optional[cute.Tensor], pipeline_k, kv_state,
+                     batch, head, n_block):
+        """smooth_q: block ``n_block``'s delta_s of (batch, q head) into the K stage's
+        slot, on the K barrier (Note [smooth_q on sm90]); nothing otherwise."""
+        if const_expr(self.smooth_q):
+            off = (Int64(batch) * Int64(mDelta.shape[1]) + Int64(head)) * Int64(mDelta.shape[2]) + Int64(
+                n_block * self.tile_n
+            )
+            with cute.arch.elect_one():  # a plain bulk copy: one thread issues it (TMA elects itself)
+                bulk_copy_g2s(sDelta.iterator + kv_state.index * self.tile_n, mDelta.iterator + off, self.tile_n * 4,
+                              pipeline_k.producer_get_barrier(kv_state))
 
     # ============================================================ consumer
     @cute.jit
@@ -828,6 +918,8 @@ class SageAttnFwdSm90:
         mO_tma: Optional[cute.Tensor],
         mLSE: Optional[cute.Tensor],
         mVMean: Optional[cute.Tensor],
+        mQMean: Optional[cute.Tensor],
+        sDelta: Optional[cute.Tensor],
         tma_atom_O: Optional[cute.CopyAtom],
         tiled_mma_qk: cute.TiledMma,
         tiled_mma_pv: cute.TiledMma,
@@ -900,7 +992,9 @@ class SageAttnFwdSm90:
             n_block_max = self.n_block_max(m_block, seqlen_k)
             if const_expr(self.fuse_q):
                 pipeline_q.consumer_wait(q_state)
-                q_scale = self.quantize_q(sQin, sQ, wg_idx)
+                q_scale = self.quantize_q(
+                    sQin, sQ, wg_idx, mQMean[batch, head, 0, None] if const_expr(self.smooth_q) else None
+                )
                 pipeline_q.consumer_release(q_state)  # the bf16/fp16 tile is consumed
             else:
                 row0 = m_block * self.tile_m + row_in_tile
@@ -910,7 +1004,8 @@ class SageAttnFwdSm90:
                 # per tile costs (H200 D128 L8k kernel alone 4713 -> 4797 us)
                 if tile == sched.first_tile():
                     cute.arch.griddepcontrol_wait()
-            qk_scale_log2 = q_scale * softmax_scale_log2
+            # smooth_q: the softmax applies sm_scale * log2e itself (add_delta_s)
+            qk_scale_log2 = q_scale if const_expr(self.smooth_q) else q_scale * softmax_scale_log2
             row_max.fill(-Float32.inf)
             if const_expr(not self.rowsum_mma):
                 row_sum.fill(0.0)  # else finish_row_sum reads it off the PV accumulator
@@ -923,6 +1018,7 @@ class SageAttnFwdSm90:
                 tScS_mn=tScS_mn, tOcO_mn=tOcO_mn, mKScale=mKScale[batch, head_kv, None],
                 mVScale=mVScale[batch, head_kv, None], v_scale=v_scale,
                 mVMean=mVMean[batch, head_kv, None] if const_expr(self.smooth_v) else None, v_mean=v_mean,
+                sDelta=sDelta, delta_scale=softmax_scale_log2,
                 k_scale_idx0=self.k_scale_index(col_in_block),
                 qk_scale_log2=qk_scale_log2, col_in_block=col_in_block, row_in_tile=row_in_tile,
                 wg_idx=wg_idx,
@@ -963,9 +1059,10 @@ class SageAttnFwdSm90:
                 cute.arch.cp_async_bulk_wait_group(0, read=True)  # sO outlives the last store
 
     @cute.jit
-    def quantize_q(self, sQin: cute.Tensor, sQ: cute.Tensor, wg_idx: Int32):
+    def quantize_q(self, sQin: cute.Tensor, sQ: cute.Tensor, wg_idx: Int32, q_mean: Optional[cute.Tensor] = None):
         """Note [Fused Q quantization]: this thread's share of its warpgroup's rows,
-        sQin -> sQ int8; returns the q_scale of this thread's S rows."""
+        sQin -> sQ int8; returns the q_scale of this thread's S rows. ``q_mean`` (D,
+        smooth_q): quantize ``q - q_mean`` in fp32 (Note [smooth_q on sm90])."""
         D = self.head_dim
         n_vec = D // 32  # 8-channel vectors per row and thread
         # from the thread index here: the 16 smem addresses are per tile, and nothing
@@ -978,9 +1075,21 @@ class SageAttnFwdSm90:
             for j in cutlass.range_constexpr(n_vec):
                 src = cute.local_tile(sQin[row + 8 * r, None], (8,), (col0 // 8 + 4 * j,))
                 rX[None, r, j].store(src.load())
+        rMean = None
+        if const_expr(q_mean is not None):
+            # this thread's channels col0 + 32 j + (0..7), as fp32
+            rMean = cute.make_rmem_tensor(cute.make_layout((8, n_vec)), Float32)
+            for j in cutlass.range_constexpr(n_vec):
+                rMean[None, j].store(gmem_load(q_mean.iterator, Int64(col0 + 32 * j), 8).to(Float32))
         amax = Float32(0.0)
-        for i in cutlass.range_constexpr(cute.size(rX)):
-            amax = cute.arch.fmax(amax, abs(rX[i].to(Float32)))
+        if const_expr(rMean is None):
+            for i in cutlass.range_constexpr(cute.size(rX)):
+                amax = cute.arch.fmax(amax, abs(rX[i].to(Float32)))
+        else:
+            for r in cutlass.range_constexpr(2):
+                for j in cutlass.range_constexpr(n_vec):
+                    for e in cutlass.range_constexpr(8):
+                        amax = cute.arch.fmax(amax, abs(rX[e, r, j].to(Float32) - rMean[e, j]))
         amax = warp_max_bfly(amax, 0b11 if const_expr(self.granularity == QuantGranularity.PER_THREAD) else 31)
         amax = cute.arch.fmax(amax, Float32(INT8_AMAX_FLOOR))
         inv = div_rn(Float32(INT8_MAX), amax)
@@ -990,6 +1099,8 @@ class SageAttnFwdSm90:
         for r in cutlass.range_constexpr(2):
             for j in cutlass.range_constexpr(n_vec):
                 x = rX[None, r, j].load().to(Float32)
+                if const_expr(rMean is not None):
+                    x = x - rMean[None, j].load()
                 for w in cutlass.range_constexpr(2):
                     q8[w] = quantize_int8x4(x[4 * w], x[4 * w + 1], x[4 * w + 2], x[4 * w + 3], inv)
                 dst = cute.local_tile(sQ[row + 8 * r, None], (8,), (col0 // 8 + 4 * j,))
@@ -1045,7 +1156,11 @@ class SageAttnFwdSm90:
         Note [FP8 offset] (numerics.md §5): the running max is kept 8.807 = log2(448)
         below the true max, so a row's largest P is 448, the e4m3 maximum; the offset
         cancels in O / rowsum."""
-        if const_expr(self.config.magic_i2f):
+        if const_expr(self.smooth_q):
+            # acc_S_f holds u = S * q_scale * k_scale + delta_s already (add_delta_s): the
+            # softmax takes it as the fused-scale path does S, with scale = sm_scale * log2e
+            scale = ctx.delta_scale
+        elif const_expr(self.config.magic_i2f):
             # Note [int32 -> fp32 without I2FP]: |S| <= 127^2 * D < 2^22, so the bits of
             # S + 0x4B400000 read as fp32 are exactly x = S + 1.5 * 2^23 (one IADD on the
             # ALU pipe instead of an I2FP on the pipe MUFU.EX2 also uses). The row max is
@@ -1061,7 +1176,8 @@ class SageAttnFwdSm90:
         s_mn = wgmma.acc_mn_view(ctx.acc_S_f)
         if const_expr(mask):
             self.apply_mask(s_mn, ctx, n_block)
-        int_max = self.config.int_row_max and self.config.fused_scale_exp and not self.config.magic_i2f and not mask
+        int_max = (self.config.int_row_max and self.config.fused_scale_exp and not self.config.magic_i2f and not mask
+                   and not self.smooth_q)
         for r in cutlass.range_constexpr(cute.size(ctx.row_max)):
             row = s_mn[r, None].load()
             if const_expr(int_max):
@@ -1074,20 +1190,20 @@ class SageAttnFwdSm90:
                 m_thr = row.reduce(cute.ReductionOp.MAX, -Float32.inf, 0)
             # This thread's max of t. Scale before the quad reduction: with per-thread K
             # scales the 4 threads of a row scale their columns differently.
-            if const_expr(self.config.magic_i2f):
+            if const_expr(self.config.magic_i2f and not self.smooth_q):
                 m_thr = (m_thr - Float32(MAGIC_I2F_BIAS)) * scale
-            elif const_expr(self.config.fused_scale_exp):
+            elif const_expr(self.config.fused_scale_exp or self.smooth_q):
                 m_thr = m_thr * scale
             m_cur = cute.arch.warp_reduction_max(m_thr, threads_in_group=4)
             m_old = ctx.row_max[r]
             m_new = cute.arch.fmax(m_old, m_cur - Float32(P_FP8_OFFSET_LOG2))
-            if const_expr(self.config.magic_i2f):
+            if const_expr(self.config.magic_i2f and not self.smooth_q):
                 # exp2(S * scale - m) = exp2(x * scale - (bias * scale + m)), one FFMA; the
                 # product is exact inside the FFMA, only the row offset is rounded (~1e-4
                 # in log2 units, far below the e4m3 step of P)
                 row_offset = Float32(MAGIC_I2F_BIAS) * scale + m_new
                 p = cute.math.exp2(row * scale - row_offset, fastmath=True)
-            elif const_expr(self.config.fused_scale_exp):
+            elif const_expr(self.config.fused_scale_exp or self.smooth_q):
                 if const_expr(self.config.exp2_poly_every > 0):
                     # every k-th column on the FMA pipe (Note [Polynomial exp2])
                     k = self.config.exp2_poly_every
@@ -1115,6 +1231,21 @@ class SageAttnFwdSm90:
                 ctx.row_sum[r] = ctx.row_sum[r] * alpha + p_sum
             ctx.row_max[r] = m_new
             ctx.row_scale[r] = alpha
+
+    @cute.jit
+    def add_delta_s(self, ctx: "BlockCtx", scale: Float32, stage: Int32):
+        """smooth_q: the score ``u = S * q_scale * k_scale + delta_s[key]`` (``scale`` is
+        q_scale * k_scale here: ``qk_scale_log2`` leaves out sm_scale * log2e with
+        smooth_q) into acc_S_f, from the K stage's delta_s slot, before that stage is
+        released (Note [smooth_q on sm90]); nothing otherwise."""
+        if const_expr(self.smooth_q):
+            ctx.acc_S_f.store(ctx.acc_S.load().to(Float32))
+            s_mn = wgmma.acc_mn_view(ctx.acc_S_f)
+            _, col_in_block = self.position_here(ctx)
+            for c in cutlass.range_constexpr(cute.size(s_mn, mode=[1])):
+                d = ctx.sDelta[col_in_block + ctx.tScS_mn[0, c][1], stage]
+                for r in cutlass.range_constexpr(cute.size(s_mn, mode=[0])):
+                    s_mn[r, c] = s_mn[r, c] * scale + d
 
     @cute.jit
     def convert_p(self, ctx: "BlockCtx"):
@@ -1178,6 +1309,7 @@ class SageAttnFwdSm90:
         pipeline_k.consumer_wait(kv_state)
         wgmma.gemm(tiled_mma_qk, ctx.acc_S, ctx.tSrQ, ctx.tSrK[None, None, None, kv_state.index],
                    zero_init=True, wg_wait=0)
+        self.add_delta_s(ctx, scale, kv_state.index)
         pipeline_k.consumer_release(kv_state)
         self.softmax_step(ctx, scale, n_block, mask=mask)
         self.convert_p(ctx)
@@ -1211,6 +1343,7 @@ class SageAttnFwdSm90:
         pipeline_k.consumer_wait(kv_state)
         wgmma.gemm(tiled_mma_qk, ctx.acc_S, ctx.tSrQ, ctx.tSrK[None, None, None, kv_state.index],
                    zero_init=True, wg_wait=0)
+        self.add_delta_s(ctx, scale, kv_state.index)
         pipeline_k.consumer_release(kv_state)
         if const_expr(self.early_q_release):
             if n_block_max == 1:
@@ -1366,6 +1499,7 @@ class SageAttnFwdSm90:
             warpgroup.wait_group(0)
         else:
             warpgroup.wait_group(1)  # QK(n) retired, PV(n-1) may still run
+        self.add_delta_s(ctx, scale, k_state.index)
         pipeline_k.consumer_release(k_state)
         if const_expr(pipeline_q is not None):
             pipeline_q.consumer_release(q_state)

@@ -78,11 +78,11 @@ def _sym():
 
 
 def _fake_args(out_dtype, head_dim: int, has_lse: bool, ffi: bool = False, o_div: int = 1, q_dtype=cutlass.Int8,
-               smooth_v: bool = False):
+               smooth_v: bool = False, smooth_q: bool = False):
     """Fake tensors with symbolic sizes/strides (last stride 1). ``ffi``: the TVM-FFI
     entry's contract (V as uint8, TMA operands with 16-byte multiple strides). A
     bf16/fp16 ``q_dtype`` (fused Q quantization) has no q_scale; ``smooth_v`` adds
-    v_mean."""
+    v_mean, ``smooth_q`` q_mean and delta_s (16-byte aligned rows)."""
     B, Hq, Hkv, Lq, Lk, Lp = (_sym() for _ in range(6))
     nq, nk = _sym(), _sym()
     D = head_dim
@@ -106,7 +106,9 @@ def _fake_args(out_dtype, head_dim: int, has_lse: bool, ffi: bool = False, o_div
     o = contig(out_dtype, (B, Hq, Lq, D), 16, o_div)
     lse = contig(cutlass.Float32, (B, Hq, Lq), 4) if has_lse else None
     vm = contig(cutlass.Float32, (B, Hkv, D), 4) if smooth_v else None
-    return q, qs, k, ks, v, vs, o, lse, vm
+    qm = contig(q_dtype, (B, Hq, 1, D), 16, 8) if smooth_q else None
+    delta = contig(cutlass.Float32, (B, Hq, Lp), 16, 4) if smooth_q else None
+    return q, qs, k, ks, v, vs, o, lse, vm, qm, delta
 
 
 def _o_stride_div(config: AttnFwdConfigSm90) -> int:
@@ -129,18 +131,18 @@ _COMPILED: dict = {}
 
 
 def _compile_key(out_dtype, head_dim, is_causal, granularity, pv_accum, has_lse, config, q_dtype=cutlass.Int8,
-                 smooth_v=False) -> "Sm90Variant":
+                 smooth_v=False, smooth_q=False) -> "Sm90Variant":
     """Exactly what changes the generated code (STYLE.md): nothing shape-dependent; the
     dtypes as cutlass types."""
     return Sm90Variant(_out_dtype(out_dtype), head_dim, bool(is_causal), granularity, pv_accum, has_lse, config,
-                       _q_dtype(q_dtype), bool(smooth_v))  # fmt: skip
+                       _q_dtype(q_dtype), bool(smooth_v), bool(smooth_q))  # fmt: skip
 
 
 def _kernel_and_fake_args(key: "Sm90Variant", ffi: bool = False) -> tuple:
     """The kernel of a compile key and fake arguments with symbolic shapes for it."""
     kernel = SageAttnFwdSm90(*key)
     args = _fake_args(key.out_dtype, key.head_dim, key.has_lse, ffi=ffi, o_div=_o_stride_div(key.config),
-                      q_dtype=key.q_dtype, smooth_v=key.smooth_v)
+                      q_dtype=key.q_dtype, smooth_v=key.smooth_v, smooth_q=key.smooth_q)
     return kernel, args
 
 
@@ -154,13 +156,15 @@ def compile_attn_fwd_sm90(
     config: AttnFwdConfigSm90,
     q_dtype=cutlass.Int8,
     smooth_v: bool = False,
+    smooth_q: bool = False,
     example_args: Optional[tuple] = None,
 ):
     """Compile (cached) one kernel variant; the cache key is exactly the arguments
     before ``example_args``. ``example_args`` are the runtime arguments of the first
     call (cute tensors with dynamic layouts, scalars, stream); without them the
     variant is compiled from fake tensors with symbolic shapes (no GPU needed)."""
-    key = _compile_key(out_dtype, head_dim, is_causal, granularity, pv_accum, has_lse, config, q_dtype, smooth_v)
+    key = _compile_key(out_dtype, head_dim, is_causal, granularity, pv_accum, has_lse, config, q_dtype, smooth_v,
+                       smooth_q)
     if example_args is not None and key in _COMPILED:
         return _COMPILED[key]
     kernel, fake_args = _kernel_and_fake_args(key)
@@ -185,10 +189,12 @@ def compile_attn_fwd_sm90_ffi(
     config: AttnFwdConfigSm90,
     q_dtype=cutlass.Int8,
     smooth_v: bool = False,
+    smooth_q: bool = False,
 ):
     """The TVM-FFI entry of the same kernel (Note [Two launch paths]): compiled once per
     key from fake tensors with symbolic shapes; takes torch tensors directly."""
-    key = _compile_key(out_dtype, head_dim, is_causal, granularity, pv_accum, has_lse, config, q_dtype, smooth_v)
+    key = _compile_key(out_dtype, head_dim, is_causal, granularity, pv_accum, has_lse, config, q_dtype, smooth_v,
+                       smooth_q)
     if key not in _COMPILED_FFI:
         kernel, args = _kernel_and_fake_args(key, ffi=True)
         _COMPILED_FFI[key] = cute.compile(
@@ -222,7 +228,8 @@ def _to_cute(t, align=16):
     return ct.mark_layout_dynamic(leading_dim=t.ndim - 1)
 
 
-def _check_layouts(q_int8, q_scale, k_int8, k_scale, v_fp8, v_scale, o, lse, v_mean=None) -> None:
+def _check_layouts(q_int8, q_scale, k_int8, k_scale, v_fp8, v_scale, o, lse, v_mean=None, q_mean=None,
+                   delta_s=None) -> None:
     """dtypes, devices, and what TMA needs of strides: last stride 1, 16-byte multiples."""
     import torch
 
@@ -243,6 +250,19 @@ def _check_layouts(q_int8, q_scale, k_int8, k_scale, v_fp8, v_scale, o, lse, v_m
         want["v_mean"] = (v_mean, torch.float32)
         if tuple(v_mean.shape) != tuple(v_scale.shape):
             raise ValueError(f"v_mean must be [B,Hkv,D] like v_scale, got {tuple(v_mean.shape)}")
+    if (q_mean is None) != (delta_s is None):
+        raise ValueError("smooth_q needs both q_mean and delta_s")
+    if q_mean is not None:
+        if q_scale is not None:
+            raise ValueError("smooth_q needs the fused Q quantization: a bf16/fp16 q and q_scale None")
+        b, hq, _, d = q_int8.shape
+        want.update(q_mean=(q_mean, q_int8.dtype), delta_s=(delta_s, torch.float32))
+        if tuple(q_mean.shape) != (b, hq, 1, d):
+            raise ValueError(f"q_mean must be [B,Hq,1,D] = {(b, hq, 1, d)}, got {tuple(q_mean.shape)}")
+        if tuple(delta_s.shape) != (b, hq, v_fp8.shape[-1]):
+            raise ValueError(f"delta_s must be [B,Hq,Lpad] = {(b, hq, v_fp8.shape[-1])}, got {tuple(delta_s.shape)}")
+        if any(st % 8 for st in q_mean.stride()[:-1]) or any(st % 4 for st in delta_s.stride()[:-1]):
+            raise ValueError("q_mean and delta_s need 16-byte multiple strides")
     for name, (t, dtype) in want.items():
         if t.dtype != dtype:
             raise ValueError(f"{name} must be {dtype}, got {t.dtype}")
@@ -255,12 +275,16 @@ def _check_layouts(q_int8, q_scale, k_int8, k_scale, v_fp8, v_scale, o, lse, v_m
             raise ValueError(f"{name} must be 16-byte aligned with 16-byte multiple strides (TMA)")
 
 
-def _check_pointers(q_int8, k_int8, v_fp8, o) -> None:
+def _check_pointers(q_int8, k_int8, v_fp8, o, q_mean=None, delta_s=None) -> None:
     """16-byte aligned bases (TMA, and o's vector stores); the one check that
     depends on more than the argument signature, so it runs on every call."""
-    if (q_int8.data_ptr() | k_int8.data_ptr() | v_fp8.data_ptr() | o.data_ptr()) % 16 == 0:
+    extra = (q_mean.data_ptr() | delta_s.data_ptr()) if q_mean is not None else 0
+    if (q_int8.data_ptr() | k_int8.data_ptr() | v_fp8.data_ptr() | o.data_ptr() | extra) % 16 == 0:
         return
-    for name, t in (("q_int8", q_int8), ("k_int8", k_int8), ("v_fp8", v_fp8)):
+    named = (("q_int8", q_int8), ("k_int8", k_int8), ("v_fp8", v_fp8))
+    if q_mean is not None:
+        named += (("q_mean", q_mean), ("delta_s", delta_s))
+    for name, t in named:
         if t.data_ptr() % 16:
             raise ValueError(f"{name} must be 16-byte aligned with 16-byte multiple strides (TMA)")
     raise ValueError("o must be 16-byte aligned")
@@ -296,8 +320,8 @@ def _signature(tensors, is_causal, granularity, pv_accum, config) -> tuple:
     )  # fmt: skip
 
 
-def _plan(q_int8, q_scale, k_int8, k_scale, v_fp8, v_scale, o, lse, v_mean, is_causal, granularity, pv_accum,
-          config):
+def _plan(q_int8, q_scale, k_int8, k_scale, v_fp8, v_scale, o, lse, v_mean, q_mean, delta_s, is_causal, granularity,
+          pv_accum, config):
     B, Hq, Lq, D = q_int8.shape
     Bk, Hkv, Lk, Dk = k_int8.shape
     if (Bk, Dk) != (B, D) or Hq % Hkv != 0:
@@ -310,17 +334,19 @@ def _plan(q_int8, q_scale, k_int8, k_scale, v_fp8, v_scale, o, lse, v_mean, is_c
         raise ValueError("q_scale/k_scale too short for the granularity")
     if o.shape != q_int8.shape or o.stride(-1) != 1:
         raise ValueError("o must be [B,Hq,Lq,D] with last stride 1")
-    _check_layouts(q_int8, q_scale, k_int8, k_scale, v_fp8, v_scale, o, lse, v_mean)
+    _check_layouts(q_int8, q_scale, k_int8, k_scale, v_fp8, v_scale, o, lse, v_mean, q_mean, delta_s)
     if Lq == 0 or Lk == 0 or B == 0:
         return _LaunchPlan(None, 0)
     q_dtype = _q_dtype(q_int8.dtype)
     ok, why = SageAttnFwdSm90.can_implement(_out_dtype(o.dtype), D, granularity, pv_accum, q_dtype)
     if not ok:
         raise ValueError(why)
+    if config is None and q_mean is not None:  # smooth_q's spill-free config, without PDL
+        config = dataclasses.replace(AttnFwdConfigSm90.after_preprocess(D, is_causal, granularity, Lq, True), pdl=False)
     config = config or AttnFwdConfigSm90.tuned(D, is_causal, granularity, q_dtype is not cutlass.Int8, Lq)
     config = _fit_o_store(config, o)
     key = _compile_key(o.dtype, D, is_causal, granularity, pv_accum, lse is not None, config, q_dtype,
-                       v_mean is not None)
+                       v_mean is not None, q_mean is not None)
     return _LaunchPlan(key, _num_sms(o.device.index or 0) if config.persistent else 2**30)
 
 
@@ -340,6 +366,8 @@ def attn_fwd_sm90(
     pv_accum: PvAccum,
     config: Optional[AttnFwdConfigSm90] = None,
     v_mean=None,
+    q_mean=None,
+    delta_s=None,
 ) -> None:
     """Run the sm90 kernel; writes ``o`` (and ``lse`` when given) in place.
 
@@ -349,31 +377,34 @@ def attn_fwd_sm90(
     k_scale [B,Hkv,nk], v_fp8 [B,Hkv,D,Lpad] e4m3, v_scale [B,Hkv,D], o [B,Hq,Lq,D]
     bf16/fp16 with any strides (last stride 1), lse None or fp32 [B,Hq,Lq], v_mean None
     or fp32 [B,Hkv,D]: V was quantized minus it (smooth_v), the kernel adds it to O.
+    ``q_mean`` [B,Hq,1,D] (q's dtype) and ``delta_s`` fp32 [B,Hq,Lpad], both or neither,
+    with a bf16/fp16 q (smooth_q, Note [smooth_q on sm90] in attn_fwd.py): Q is
+    quantized minus q_mean and every score of key j gets delta_s[j] back.
     """
-    args = (q_int8, q_scale, k_int8, k_scale, v_fp8, v_scale, o, lse, v_mean)
+    args = (q_int8, q_scale, k_int8, k_scale, v_fp8, v_scale, o, lse, v_mean, q_mean, delta_s)
     sig = _signature(args, is_causal, granularity, pv_accum, config)
     plan = cached_plan(_PLANS, sig, lambda: _plan(*args, is_causal, granularity, pv_accum, config))
-    _check_pointers(q_int8, k_int8, v_fp8, o)
+    _check_pointers(q_int8, k_int8, v_fp8, o, q_mean, delta_s)
     if plan.key is None:
         return
     scale_log2 = float(sm_scale * LOG2E)
     _PATH.launch(
-        lambda: _launch_ffi(plan, q_int8, q_scale, k_int8, k_scale, v_fp8, v_scale, o, lse, v_mean, scale_log2),
-        lambda: _launch_pointer(plan.key, q_int8, q_scale, k_int8, k_scale, v_fp8, v_scale, o, lse, v_mean, sm_scale,
-                                plan.max_ctas),
+        lambda: _launch_ffi(plan, *args, scale_log2),
+        lambda: _launch_pointer(plan.key, *args, sm_scale, plan.max_ctas),
     )  # fmt: skip
 
 
-def _launch_ffi(plan, q_int8, q_scale, k_int8, k_scale, v_fp8, v_scale, o, lse, v_mean, scale_log2) -> None:
+def _launch_ffi(plan, q_int8, q_scale, k_int8, k_scale, v_fp8, v_scale, o, lse, v_mean, q_mean, delta_s,
+                scale_log2) -> None:
     import torch
 
     if plan.ffi is None:
         plan.ffi = compile_attn_fwd_sm90_ffi(*plan.key)
-    plan.ffi(q_int8, q_scale, k_int8, k_scale, v_fp8.view(torch.uint8), v_scale, o, lse, v_mean, scale_log2,
-             plan.max_ctas)
+    plan.ffi(q_int8, q_scale, k_int8, k_scale, v_fp8.view(torch.uint8), v_scale, o, lse, v_mean, q_mean, delta_s,
+             scale_log2, plan.max_ctas)
 
 
-def _launch_pointer(key, q_int8, q_scale, k_int8, k_scale, v_fp8, v_scale, o, lse, v_mean, sm_scale,
+def _launch_pointer(key, q_int8, q_scale, k_int8, k_scale, v_fp8, v_scale, o, lse, v_mean, q_mean, delta_s, sm_scale,
                     max_ctas) -> None:
     import torch
     import cuda.bindings.driver as cuda
@@ -389,6 +420,8 @@ def _launch_pointer(key, q_int8, q_scale, k_int8, k_scale, v_fp8, v_scale, o, ls
         _to_cute(o),
         _to_cute(lse, 4) if lse is not None else None,
         _to_cute(v_mean, 4) if v_mean is not None else None,
+        _to_cute(q_mean) if q_mean is not None else None,
+        _to_cute(delta_s) if delta_s is not None else None,
         cutlass.Float32(sm_scale * LOG2E),
         cutlass.Int32(max_ctas),
         stream,
@@ -428,10 +461,11 @@ class Sm90Variant(NamedTuple):
     config: AttnFwdConfigSm90
     q_dtype: Any = cutlass.Int8  # Int8: pre-quantized Q; bf16/fp16: Q quantized in the kernel
     smooth_v: bool = False  # V mean added back to O (Note [V mean] in kernels/common/quant_qkv.py)
+    smooth_q: bool = False  # Q minus its mean, delta_s per score (Note [smooth_q on sm90] in attn_fwd.py)
 
 
 def variant_name(out_dtype, head_dim, is_causal, granularity, pv_accum, has_lse, config, q_dtype=cutlass.Int8,
-                 smooth_v=False) -> str:
+                 smooth_v=False, smooth_q=False) -> str:
     default = AttnFwdConfigSm90.default(head_dim)
     tweaks = "".join(
         f"_{f}={getattr(config, f)}" for f in config.__dataclass_fields__ if getattr(config, f) != getattr(default, f)
@@ -441,6 +475,7 @@ def variant_name(out_dtype, head_dim, is_causal, granularity, pv_accum, has_lse,
         f"_{'causal' if is_causal else 'full'}_{granularity.value}"
         f"_{pv_accum.value.replace('+', '_')}{'_lse' if has_lse else ''}{tweaks}"
         f"{'' if _q_dtype(q_dtype) is cutlass.Int8 else '_fusedq'}{'_smoothv' if smooth_v else ''}"
+        f"{'_smoothq' if smooth_q else ''}"
     )
 
 
@@ -471,6 +506,11 @@ def all_variants(quick: bool = False):
     for head_dim in () if quick else (128, 64):
         yield Sm90Variant(cutlass.BFloat16, head_dim, False, QuantGranularity.PER_THREAD, PvAccum.FP32_FP32, True,
                           AttnFwdConfigSm90.after_preprocess(head_dim), cutlass.BFloat16, True)
+    # smooth_q (Note [smooth_q on sm90]): the API's d128 and d64 paths, causal d128
+    for head_dim, causal in () if quick else ((128, False), (64, False), (128, True)):
+        yield Sm90Variant(cutlass.BFloat16, head_dim, causal, QuantGranularity.PER_THREAD, PvAccum.FP32_FP32, True,
+                          AttnFwdConfigSm90.after_preprocess(head_dim, causal, smooth_q=True), cutlass.BFloat16,
+                          False, True)
 
 
 def _summary(sass: dict, kernel: SageAttnFwdSm90) -> dict:

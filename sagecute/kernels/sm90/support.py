@@ -22,8 +22,8 @@ def can_implement(cfg) -> tuple[bool, str]:
         return False, f"pv_accum_dtype={cfg.pv_accum_dtype!r} has no sm90 kernel (supported: {', '.join(SUPPORTED_PV_ACCUM)})"
     if cfg.qk_quant_gran not in SUPPORTED_GRANULARITY:
         return False, f"qk_quant_gran={cfg.qk_quant_gran!r} has no sm90 kernel"
-    if cfg.smooth_q:
-        return False, "smooth_q (delta_s) has no sm90 kernel yet"
+    if cfg.smooth_q and cfg.qk_quant_gran not in ("per_thread", "per_warp"):
+        return False, "smooth_q on sm90 needs the fused Q quantization (per_thread or per_warp)"
     if not _kernel_available():
         return False, "the sm90 kernel or nvidia-cutlass-dsl is not installed"
     return True, "sm90 INT8-QK/FP8-PV kernel"
