@@ -96,6 +96,19 @@ def test_auto_dispatch_on_sm90_and_fallbacks():
         sagecute.sageattn(q, k, v, attn_mask=mask, backend="sm90")
 
 
+def _sm90_checked(q, k, v, **kw):
+    """``sageattn`` on the sm90 kernel (a fallback warning is an error) with the LSE:
+    inputs untouched, output of q's shape and dtype, finite."""
+    before = [t.clone() for t in (q, k, v)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        o, lse = sagecute.sageattn(q, k, v, return_lse=True, backend="sm90", **kw)
+    for t, t0 in zip((q, k, v), before):
+        assert torch.equal(t, t0), "an input was modified"
+    assert o.shape == q.shape and o.dtype == q.dtype and torch.isfinite(o).all()
+    return o, lse
+
+
 SMOOTH_V_CASES = [
     # b, hq, hkv, lq, lk, d, causal, layout, dtype, kind, pv
     (2, 8, 2, 1000, 1000, 128, False, "HND", torch.bfloat16, "outlier_kv", "fp32+fp32"),
@@ -114,14 +127,8 @@ def test_sageattn_smooth_v(case):
     tracks the emulation, and on V channel biases it is more accurate than without."""
     b, hq, hkv, lq, lk, d, causal, layout, dtype, kind, pv = case
     q, k, v = make_qkv(b, hq, hkv, lq, lk, d, dtype=dtype, device="cuda", kind=kind, layout=layout)
-    before = [t.clone() for t in (q, k, v)]
     kw = dict(tensor_layout=layout, is_causal=causal, pv_accum_dtype=pv)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", RuntimeWarning)  # no fallback
-        o, lse = sagecute.sageattn(q, k, v, smooth_v=True, return_lse=True, backend="sm90", **kw)
-    for t, t0 in zip((q, k, v), before):
-        assert torch.equal(t, t0), "an input was modified"
-    assert o.shape == q.shape and o.dtype == q.dtype and torch.isfinite(o).all()
+    o, lse = _sm90_checked(q, k, v, smooth_v=True, **kw)
     emu, lse_emu = reference.sageattn_reference(q, k, v, layout, causal, return_lse=True, arch="sm90",
                                                 smooth_v=True, pv_accum_dtype=pv)
     exact = reference.attention_exact(q, k, v, layout, causal)
@@ -156,14 +163,8 @@ def test_sageattn_smooth_q(case):
     without."""
     b, hq, hkv, lq, lk, d, causal, layout, dtype, kind, pv, gran, smooth_k = case
     q, k, v = make_qkv(b, hq, hkv, lq, lk, d, dtype=dtype, device="cuda", kind=kind, layout=layout)
-    before = [t.clone() for t in (q, k, v)]
     kw = dict(tensor_layout=layout, is_causal=causal, pv_accum_dtype=pv, qk_quant_gran=gran, smooth_k=smooth_k)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", RuntimeWarning)  # no fallback
-        o, lse = sagecute.sageattn(q, k, v, smooth_q=True, return_lse=True, backend="sm90", **kw)
-    for t, t0 in zip((q, k, v), before):
-        assert torch.equal(t, t0), "an input was modified"
-    assert o.shape == q.shape and o.dtype == q.dtype and torch.isfinite(o).all()
+    o, lse = _sm90_checked(q, k, v, smooth_q=True, **kw)
     emu, lse_emu = reference.sageattn_reference(q, k, v, layout, causal, return_lse=True, arch="sm90",
                                                 smooth_q=True, pv_accum_dtype=pv, qk_quant_gran=gran,
                                                 smooth_k=smooth_k)
