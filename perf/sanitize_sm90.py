@@ -30,8 +30,12 @@ SHAPES = [
 
 
 def main() -> int:
+    # ``python perf/sanitize_sm90.py q``: only the shapes with that smoothing
+    only = sys.argv[1] if len(sys.argv) > 1 else None
     bad = 0
     for b, hq, hkv, lq, lk, d, causal, layout, smooth in SHAPES:
+        if only is not None and smooth != only:
+            continue
         shape_q = (b, hq, lq, d) if layout == "HND" else (b, lq, hq, d)
         shape_k = (b, hkv, lk, d) if layout == "HND" else (b, lk, hkv, d)
         q = torch.randn(shape_q, device="cuda", dtype=torch.bfloat16)

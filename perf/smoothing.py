@@ -32,12 +32,12 @@ from sagecute.quant_layout import QuantGranularity  # noqa: E402
 from tolerances import make_qkv  # noqa: E402
 
 
-def accuracy(flag: str):
+def accuracy(flag: str, dims, pvs):
     print(f"accuracy vs fp64 exact, B1 H8 L1024 (cos / rel-L1), {flag} off -> on")
     own = "outlier_kv" if flag == "smooth_v" else "outlier_q"
-    for d in (128, 64):
+    for d in dims:
         for kind in ("normal", "outlier", own):
-            for pv in ("fp32+fp32", "fp32+fp16"):
+            for pv in pvs:
                 q, k, v = make_qkv(1, 8, 8, 1024, 1024, d, device="cuda", kind=kind)
                 exact = reference.attention_exact(q, k, v)
                 m = [error_metrics(sagecute.sageattn(q, k, v, pv_accum_dtype=pv, backend="sm90", **{flag: on}), exact)
@@ -74,10 +74,12 @@ def main():
     p.add_argument("--flag", default="smooth_v", choices=("smooth_v", "smooth_q"))
     p.add_argument("--L", default="1024,8192")
     p.add_argument("--D", default="128,64")
+    p.add_argument("--pv", default="fp32+fp32,fp32+fp16", help="PV accumulations of the accuracy table")
     args = p.parse_args()
     print(torch.cuda.get_device_name())
-    accuracy(args.flag)
-    speed(args.flag, [int(x) for x in args.L.split(",")], [int(x) for x in args.D.split(",")])
+    dims = [int(x) for x in args.D.split(",")]
+    accuracy(args.flag, dims, args.pv.split(","))
+    speed(args.flag, [int(x) for x in args.L.split(",")], dims)
 
 
 if __name__ == "__main__":
