@@ -36,6 +36,7 @@ def main() -> int:
     for b, hq, hkv, lq, lk, d, causal, layout, smooth in SHAPES:
         if only is not None and smooth != only:
             continue
+        print(f"run b{b} h{hq}/{hkv} q{lq} k{lk} d{d} causal={causal} {layout} {smooth}", flush=True)
         shape_q = (b, hq, lq, d) if layout == "HND" else (b, lq, hq, d)
         shape_k = (b, hkv, lk, d) if layout == "HND" else (b, lk, hkv, d)
         q = torch.randn(shape_q, device="cuda", dtype=torch.bfloat16)

@@ -335,7 +335,7 @@ def lse_smoothing_correction(qh: torch.Tensor, km: torch.Tensor, sm_scale: float
 
 def _emulate_int8_fp8(
     qh, kh, vh, *, is_causal, sm_scale, gran, pv_accum, smooth_k, smooth_v, smooth_q, geom, lq, lk, rowsum_p8=False,
-    q_mean_per_head=False,
+    q_mean_per_head=False, q_mean_override=None,
 ):
     """Sage2 INT8-QK / FP8-PV emulation on head-padded HND inputs (numerics.md §8).
 
@@ -354,7 +354,7 @@ def _emulate_int8_fp8(
     km = k_mean(kh) if smooth_k else None
     k8, ks = quantize_qk_int8(kh, gran, geom, is_k=True, mean=km)
     if smooth_q and q_mean_per_head:
-        qm = q_mean(qh)  # [B,H,1,D]
+        qm = q_mean(qh) if q_mean_override is None else q_mean_override  # [B,H,1,D]
         q8, qs = quantize_qk_int8(qh, gran, geom, is_k=False, mean=qm)
         delta_s_rows = smooth_q_delta_s(qm, kh, km)[:, :, None]  # [B,H,1,Lk]
     elif smooth_q:
@@ -493,6 +493,7 @@ def sageattn_reference(
     smooth_q: bool = False,
     arch: str = "sm90",
     rowsum_p8: bool | None = None,
+    q_mean: torch.Tensor | None = None,
     **_ignored,
 ):
     """Emulate, step by step, the quantized attention ``arch``'s kernel computes.
@@ -507,6 +508,9 @@ def sageattn_reference(
     ``rowsum_p8``: INT8/FP8 archs only, the softmax denominator from the e4m3 P (the
     sm90 kernel's default with two-level PV accumulation) or the fp32 P (SageAttention2's;
     the sm90 kernel with ``rowsum_mma=False`` or pv_accum "fp32"); None: the arch's own.
+    ``q_mean``: sm90 smooth_q only, the Q mean [B,Hq,1,D_padded] to subtract instead of
+    ``q_mean(q)`` (e.g. the kernel's, which may differ from torch's by one unit in the
+    last place, enough to move Q's INT8 rounding).
     Returns the output in q's dtype and layout (and lse fp32 [B,Hq,Lq]).
     """
     qh, kh, vh = (to_hnd(t, tensor_layout) for t in (q, k, v))
@@ -535,7 +539,7 @@ def sageattn_reference(
             lq=lq,
             lk=lk,
             rowsum_p8=(arch == "sm90" and pv_accum_dtype != "fp32") if rowsum_p8 is None else rowsum_p8,
-            q_mean_per_head=arch == "sm90",
+            q_mean_per_head=arch == "sm90", q_mean_override=q_mean,
         )
     o = from_hnd(o[..., :d].to(q.dtype), tensor_layout)
     return (o, lse.float()) if return_lse else o
