@@ -1246,6 +1246,10 @@ class SageAttnFwdSm90:
                 d = ctx.sDelta[col_in_block + ctx.tScS_mn[0, c][1], stage]
                 for r in cutlass.range_constexpr(cute.size(s_mn, mode=[0])):
                     s_mn[r, c] = s_mn[r, c] * scale + d
+            # one elected lane per warp releases the K stage (and its delta_s slot, which
+            # the producer's next bulk copy overwrites): order every lane's loads before
+            # that release (racecheck flagged the write against the other lanes' reads)
+            cute.arch.sync_warp()
 
     @cute.jit
     def convert_p(self, ctx: "BlockCtx"):
