@@ -335,7 +335,7 @@ def lse_smoothing_correction(qh: torch.Tensor, km: torch.Tensor, sm_scale: float
 
 def _emulate_int8_fp8(
     qh, kh, vh, *, is_causal, sm_scale, gran, pv_accum, smooth_k, smooth_v, smooth_q, geom, lq, lk, rowsum_p8=False,
-    q_mean_per_head=False, q_mean_override=None,
+    q_mean_per_head=False, q_mean_override=None, k_mean_override=None,
 ):
     """Sage2 INT8-QK / FP8-PV emulation on head-padded HND inputs (numerics.md §8).
 
@@ -351,7 +351,7 @@ def _emulate_int8_fp8(
     b, hq, _, d = qh.shape
     hkv = kh.shape[1]
     c = sm_scale * LOG2E
-    km = k_mean(kh) if smooth_k else None
+    km = (k_mean(kh) if k_mean_override is None else k_mean_override) if smooth_k else None
     k8, ks = quantize_qk_int8(kh, gran, geom, is_k=True, mean=km)
     if smooth_q and q_mean_per_head:
         qm = q_mean(qh) if q_mean_override is None else q_mean_override  # [B,H,1,D]
@@ -494,6 +494,7 @@ def sageattn_reference(
     arch: str = "sm90",
     rowsum_p8: bool | None = None,
     q_mean: torch.Tensor | None = None,
+    k_mean: torch.Tensor | None = None,
     **_ignored,
 ):
     """Emulate, step by step, the quantized attention ``arch``'s kernel computes.
@@ -510,7 +511,8 @@ def sageattn_reference(
     the sm90 kernel with ``rowsum_mma=False`` or pv_accum "fp32"); None: the arch's own.
     ``q_mean``: sm90 smooth_q only, the Q mean [B,Hq,1,D_padded] to subtract instead of
     ``q_mean(q)`` (e.g. the kernel's, which may differ from torch's by one unit in the
-    last place, enough to move Q's INT8 rounding).
+    last place, enough to move Q's INT8 rounding). ``k_mean``: INT8/FP8 archs with
+    smooth_k, likewise the K mean [B,Hkv,1,D_padded] (e.g. the K/V preprocessing's).
     Returns the output in q's dtype and layout (and lse fp32 [B,Hq,Lq]).
     """
     qh, kh, vh = (to_hnd(t, tensor_layout) for t in (q, k, v))
@@ -539,7 +541,7 @@ def sageattn_reference(
             lq=lq,
             lk=lk,
             rowsum_p8=(arch == "sm90" and pv_accum_dtype != "fp32") if rowsum_p8 is None else rowsum_p8,
-            q_mean_per_head=arch == "sm90", q_mean_override=q_mean,
+            q_mean_per_head=arch == "sm90", q_mean_override=q_mean, k_mean_override=k_mean,
         )
     o = from_hnd(o[..., :d].to(q.dtype), tensor_layout)
     return (o, lse.float()) if return_lse else o
