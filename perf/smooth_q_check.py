@@ -43,7 +43,8 @@ def main():
               f"(no smooth_q {error_metrics(plain_o, exact).rel_l1:.4%}); max |LSE - x|: emu "
               f"{(lse - lse_emu).abs().max():.4f} (emu with torch's means {(lse - lse_emu_t).abs().max():.4f}), "
               f"exact {(lse - lse_exact).abs().max():.4f}, emu vs exact "
-              f"{(lse_emu - lse_exact).abs().max():.4f}, no smooth_q vs exact {(plain_lse - lse_exact).abs().max():.4f}",
+              f"{(lse_emu - lse_exact).abs().max():.4f}, "
+              f"no smooth_q vs exact {(plain_lse - lse_exact).abs().max():.4f}",
               flush=True)
 
 

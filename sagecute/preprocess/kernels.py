@@ -256,7 +256,8 @@ def preprocess_variants(
                 # smooth_q (Note [delta_s in the K pass]): both split counts
                 for splits, stash in ((8, 0), (16, 1)):
                     yield (f"quant_kv{splits}s{stash}_smoothq-{name}-d{d}-{grans[-1].value}-ffi",
-                           _compile_qkv_ffi, (dtype, d, grans[-1], True, geom, splits, False, stash, False, True))  # fmt: skip
+                           _compile_qkv_ffi,
+                           (dtype, d, grans[-1], True, geom, splits, False, stash, False, True))  # fmt: skip
                 for gran in grans:
                     tag = f"{name}-d{d}-{gran.value}-ffi"
                     yield f"quant_q_int8-{tag}", _compile_int8_ffi, (dtype, d, gran, False, False, geom)

@@ -127,7 +127,8 @@ from ...quant_layout import QuantGeometry, QuantGranularity
 from .quant_fp8 import GROUP, NUM_THREADS, NUM_WARPS, VEC, QuantizeVFp8, channel_inv
 from .quant_int8 import QuantizeInt8
 from .quant_math import (
-    div_rn, gmem_load, gmem_store, gmem_vec, ld_shared_cluster_f32, pack_e4m3x4, prmt, warp_max_bfly, warp_sum_bfly, widen_row
+    div_rn, gmem_load, gmem_store, gmem_vec, ld_shared_cluster_f32, pack_e4m3x4, prmt, warp_max_bfly, warp_sum_bfly,
+    widen_row,
 )
 
 SPLIT_CHOICES = (8, 16)  # K/V splits per (batch, head) = cluster size; 16 is non-portable
