@@ -197,6 +197,9 @@ ROWSUM_COLS = 8
 #     longer orders it) and ``exp2(u * sm_scale * log2e - m)``: one FFMA and one
 #     FMNMX more per score than the int32-max path.
 # The LSE correction is unchanged (u is q . (k - km) again, up to quantization).
+# Open (perf/NOTES.md): on Q-offset inputs the LSE is ~0.1 off the emulation's (O
+# matches it), and racecheck reports a hazard on sDelta at head_dim 64, where the API
+# falls back to SDPA for now (kernels/sm90/support.py).
 
 
 @dsl_user_op
