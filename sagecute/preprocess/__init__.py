@@ -76,7 +76,6 @@ def quantize_inputs(
     is quantized here as usual). ``smooth_q`` (sm90: one Q mean per head): also Q's
     mean and ``delta_s``; Q is then quantized minus its mean
     (here, or by the attention kernel with ``fuse_q``)."""
-
     scale_max = FP8_SCALE_MAX_FP16_ACCUM if pv_accum is PvAccum.FP32_FP16 else FP8_E4M3_MAX
     cute = _cute_quantizers() if (use_cute is not False and qh.is_cuda) else None
     if cute is not None:
