@@ -367,14 +367,11 @@ class QuantizeQKV:
             acc = cute.make_rmem_tensor(cute.make_layout(VEC), Float32)
             acc.fill(0.0)
             for i in cutlass.range(n_mine):
-                if const_expr(self.once_cop is None and self.keep_cop is None):
-                    self.k_quant.load_rows(rX, mK.iterator, base, stride_l, split + i * self.splits, seqlen, tid)
-                elif self.read_once(i, n_mine):
-                    self.k_quant.load_rows(rX, mK.iterator, base, stride_l, split + i * self.splits, seqlen, tid,
-                                           self.once_cop)
-                else:
-                    self.k_quant.load_rows(rX, mK.iterator, base, stride_l, split + i * self.splits, seqlen, tid,
-                                           self.keep_cop)
+                self.pass1_load(
+                    lambda cop, i=i: self.k_quant.load_rows(rX, mK.iterator, base, stride_l, split + i * self.splits,
+                                                            seqlen, tid, cop),
+                    i, n_mine,
+                )  # fmt: skip
                 for r in cutlass.range_constexpr(self.k_quant.rows_per_thread):
                     for e, x in enumerate(widen_row(rX[None, r])):
                         acc[e] = acc[e] + x
@@ -430,12 +427,11 @@ class QuantizeQKV:
             extreme.fill(-Float32.inf)
         for i in cutlass.range(n_mine):
             group = (split + i * self.splits) * self.groups_per_block + group_in_block
-            if const_expr(self.once_cop is None and self.keep_cop is None):
-                self.v_quant.load_group(rX, mV.iterator, base, stride_l, group, seqlen, part)
-            elif self.read_once(i, n_mine):
-                self.v_quant.load_group(rX, mV.iterator, base, stride_l, group, seqlen, part, self.once_cop)
-            else:
-                self.v_quant.load_group(rX, mV.iterator, base, stride_l, group, seqlen, part, self.keep_cop)
+            self.pass1_load(
+                lambda cop, group=group: self.v_quant.load_group(rX, mV.iterator, base, stride_l, group, seqlen, part,
+                                                                 cop),
+                i, n_mine,
+            )  # fmt: skip
             for j in cutlass.range_constexpr(self.v_rows):
                 if const_expr(self.smooth_v):
                     v_sum, v_max, v_nmin = stats
@@ -587,6 +583,18 @@ class QuantizeQKV:
                     rX[None, r].store(s_stash[None, r, tid, i].load())
                 hit = cutlass.Boolean(True)
         return hit
+
+    @cute.jit
+    def pass1_load(self, load: cutlass.Constexpr, i, n_mine):
+        """Pass 1's load of block ``i`` (``load(cop)``) with the cache operator Note [L2
+        cache operators] gives it: a compile-time property of the instruction, so with
+        hints both forms are emitted behind the runtime ``read_once`` branch."""
+        if const_expr(self.once_cop is None and self.keep_cop is None):
+            load(None)
+        elif self.read_once(i, n_mine):
+            load(self.once_cop)
+        else:
+            load(self.keep_cop)
 
     def read_once(self, i, n_mine):
         """Pass 1: block ``i`` is not re-read from global memory in pass 2 (the last one
