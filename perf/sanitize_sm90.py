@@ -25,7 +25,8 @@ SHAPES = [
     (1, 4, 2, 130, 2100, 128, False, "HND", "v"),  # smooth_v, 16 splits
     (2, 2, 2, 77, 300, 64, True, "NHD", "v"),
     (1, 4, 2, 130, 2100, 128, True, "HND", "q"),  # smooth_q: delta_s bulk copies, 16 splits
-    (2, 2, 2, 77, 300, 128, False, "NHD", "q"),  # at 2c3450a its d64 form showed the racecheck hazard
+    (2, 2, 2, 77, 300, 128, False, "NHD", "q"),
+    (2, 2, 2, 77, 300, 64, False, "NHD", "q"),  # before the proxy fence in add_delta_s: 1 racecheck hazard
 ]
 
 

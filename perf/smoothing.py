@@ -36,9 +36,6 @@ def accuracy(flag: str, dims, pvs):
     print(f"accuracy vs fp64 exact, B1 H8 L1024 (cos / rel-L1), {flag} off -> on")
     own = "outlier_kv" if flag == "smooth_v" else "outlier_q"
     for d in dims:
-        if flag == "smooth_q" and d <= 64:
-            print(f"  D{d}: smooth_q is off on sm90 at head_dim <= 64 (perf/NOTES.md)")
-            continue
         for kind in ("normal", "outlier", own):
             for pv in pvs:
                 q, k, v = make_qkv(1, 8, 8, 1024, 1024, d, device="cuda", kind=kind)
@@ -60,8 +57,6 @@ def _prep(q, k, v, flag: str, on: bool):
 def speed(flag: str, lengths, dims):
     print(f"time, B4 H32 bf16: {flag} off / on (a/b/a/b)")
     for d in dims:
-        if flag == "smooth_q" and d <= 64:
-            continue
         for length in lengths:
             q, k, v = (torch.randn(4, 32, length, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
             v = v + torch.randn(4, 32, 1, d, device="cuda", dtype=torch.bfloat16)

@@ -197,9 +197,11 @@ ROWSUM_COLS = 8
 #     longer orders it) and ``exp2(u * sm_scale * log2e - m)``: one FFMA and one
 #     FMNMX more per score than the int32-max path.
 # The LSE correction is unchanged (u is q . (k - km) again, up to quantization).
-# Open (perf/NOTES.md): on Q-offset inputs the LSE is ~0.1 off the emulation's (O
-# matches it), and racecheck reports a hazard on sDelta at head_dim 64, where the API
-# falls back to SDPA for now (kernels/sm90/support.py).
+# Two details: Q rows past Lq (TMA's zero rows) read as -qm once the mean is
+# subtracted, so quantize_q leaves them out of the scale they share with true rows
+# (per_thread: rows r and r + 8), as the reference pads after centering; and the
+# consumer fences the proxies before releasing a K stage, since the next bulk copy
+# (async proxy) overwrites the delta_s slot its lanes read (generic proxy).
 
 
 @dsl_user_op
@@ -723,18 +725,22 @@ class SageAttnFwdSm90:
         tma_warp = pipeline.CooperativeGroup(pipeline.Agent.Thread, 1)
         # PipelineTmaAsync consumers release with one elected lane per warp.
         consumer_warps = pipeline.CooperativeGroup(pipeline.Agent.Thread, self.num_consumer_wg * 4)
-        def tma_pipeline(barrier, num_stages: int, tx_count: int):
+        # smooth_q: every consumer thread releases a K stage (release_k)
+        consumer_threads = pipeline.CooperativeGroup(pipeline.Agent.Thread, self.num_consumer_wg * 128)
+
+        def tma_pipeline(barrier, num_stages: int, tx_count: int, consumers=consumer_warps):
             return pipeline.PipelineTmaAsync.create(
                 barrier_storage=barrier.data_ptr(),
                 num_stages=num_stages,
                 producer_group=tma_warp,
-                consumer_group=consumer_warps,
+                consumer_group=consumers,
                 tx_count=tx_count,
                 defer_sync=True,
             )
 
         pipeline_q = tma_pipeline(storage.mbar_Q, 1, self.tma_bytes_Q)
-        pipeline_k = tma_pipeline(storage.mbar_K, self.num_stages, self.tma_bytes_K)
+        pipeline_k = tma_pipeline(storage.mbar_K, self.num_stages, self.tma_bytes_K,
+                                  consumer_threads if const_expr(self.smooth_q) else consumer_warps)
         pipeline_v = tma_pipeline(storage.mbar_V, self.num_stages, self.tma_bytes_V)
         if const_expr(self.rowsum_mma):
             self.fill_rowsum_ones(storage.sVt.data_ptr())
@@ -996,7 +1002,8 @@ class SageAttnFwdSm90:
             if const_expr(self.fuse_q):
                 pipeline_q.consumer_wait(q_state)
                 q_scale = self.quantize_q(
-                    sQin, sQ, wg_idx, mQMean[batch, head, 0, None] if const_expr(self.smooth_q) else None
+                    sQin, sQ, wg_idx, mQMean[batch, head, 0, None] if const_expr(self.smooth_q) else None,
+                    seqlen_q - m_block * self.tile_m,
                 )
                 pipeline_q.consumer_release(q_state)  # the bf16/fp16 tile is consumed
             else:
@@ -1062,10 +1069,15 @@ class SageAttnFwdSm90:
                 cute.arch.cp_async_bulk_wait_group(0, read=True)  # sO outlives the last store
 
     @cute.jit
-    def quantize_q(self, sQin: cute.Tensor, sQ: cute.Tensor, wg_idx: Int32, q_mean: Optional[cute.Tensor] = None):
+    def quantize_q(
+        self, sQin: cute.Tensor, sQ: cute.Tensor, wg_idx: Int32, q_mean: Optional[cute.Tensor] = None,
+        rows_in_tile: Int32 = 0,
+    ):
         """Note [Fused Q quantization]: this thread's share of its warpgroup's rows,
         sQin -> sQ int8; returns the q_scale of this thread's S rows. ``q_mean`` (D,
-        smooth_q): quantize ``q - q_mean`` in fp32 (Note [smooth_q on sm90])."""
+        smooth_q): quantize ``q - q_mean`` in fp32 (Note [smooth_q on sm90]); rows from
+        ``rows_in_tile`` on (past Lq) then count as 0 in the scale, as the reference's
+        padding (TMA's zero rows would read as ``-q_mean``)."""
         D = self.head_dim
         n_vec = D // 32  # 8-channel vectors per row and thread
         # from the thread index here: the 16 smem addresses are per tile, and nothing
@@ -1090,9 +1102,13 @@ class SageAttnFwdSm90:
                 amax = cute.arch.fmax(amax, abs(rX[i].to(Float32)))
         else:
             for r in cutlass.range_constexpr(2):
+                amax_row = Float32(0.0)
                 for j in cutlass.range_constexpr(n_vec):
                     for e in cutlass.range_constexpr(8):
-                        amax = cute.arch.fmax(amax, abs(rX[e, r, j].to(Float32) - rMean[e, j]))
+                        amax_row = cute.arch.fmax(amax_row, abs(rX[e, r, j].to(Float32) - rMean[e, j]))
+                # a row past Lq shares its scale with a true row (per_thread: rows r and
+                # r + 8): it must not widen it
+                amax = cute.arch.fmax(amax, cutlass.select_(row + 8 * r < rows_in_tile, amax_row, Float32(0.0)))
         amax = warp_max_bfly(amax, 0b11 if const_expr(self.granularity == QuantGranularity.PER_THREAD) else 31)
         amax = cute.arch.fmax(amax, Float32(INT8_AMAX_FLOOR))
         inv = div_rn(Float32(INT8_MAX), amax)
@@ -1249,10 +1265,21 @@ class SageAttnFwdSm90:
                 d = ctx.sDelta[col_in_block + ctx.tScS_mn[0, c][1], stage]
                 for r in cutlass.range_constexpr(cute.size(s_mn, mode=[0])):
                     s_mn[r, c] = s_mn[r, c] * scale + d
-            # one elected lane per warp releases the K stage (and its delta_s slot, which
-            # the producer's next bulk copy overwrites): order every lane's loads before
-            # that release (racecheck flagged the write against the other lanes' reads)
-            cute.arch.sync_warp()
+            # the producer's next bulk copy (async proxy) overwrites this slot once the
+            # stage is released: a proxy fence orders this thread's generic reads before
+            # that write (PTX memory model), and release_k has every thread arrive
+            cute.arch.fence_proxy("async.shared", space="cta")
+
+    @cute.jit
+    def release_k(self, pipeline_k: pipeline.PipelineAsync, state: pipeline.PipelineState):
+        """Release a K stage: one elected lane per warp, or with smooth_q every consumer
+        thread, each after its own reads of the stage's delta_s slot (add_delta_s). With
+        one lane per warp, racecheck reported the next bulk copy into the slot against
+        the other lanes' reads (128 per read site, at every stage reuse)."""
+        if const_expr(self.smooth_q):
+            pipeline.PipelineAsync.consumer_release(pipeline_k, state)
+        else:
+            pipeline_k.consumer_release(state)
 
     @cute.jit
     def convert_p(self, ctx: "BlockCtx"):
@@ -1317,7 +1344,7 @@ class SageAttnFwdSm90:
         wgmma.gemm(tiled_mma_qk, ctx.acc_S, ctx.tSrQ, ctx.tSrK[None, None, None, kv_state.index],
                    zero_init=True, wg_wait=0)
         self.add_delta_s(ctx, scale, kv_state.index)
-        pipeline_k.consumer_release(kv_state)
+        self.release_k(pipeline_k, kv_state)
         self.softmax_step(ctx, scale, n_block, mask=mask)
         self.convert_p(ctx)
         if const_expr(self.pv_accum == PvAccum.FP32):
@@ -1351,7 +1378,7 @@ class SageAttnFwdSm90:
         wgmma.gemm(tiled_mma_qk, ctx.acc_S, ctx.tSrQ, ctx.tSrK[None, None, None, kv_state.index],
                    zero_init=True, wg_wait=0)
         self.add_delta_s(ctx, scale, kv_state.index)
-        pipeline_k.consumer_release(kv_state)
+        self.release_k(pipeline_k, kv_state)
         if const_expr(self.early_q_release):
             if n_block_max == 1:
                 pipeline_q.consumer_release(q_state)  # that was the tile's last QK
@@ -1507,7 +1534,7 @@ class SageAttnFwdSm90:
         else:
             warpgroup.wait_group(1)  # QK(n) retired, PV(n-1) may still run
         self.add_delta_s(ctx, scale, k_state.index)
-        pipeline_k.consumer_release(k_state)
+        self.release_k(pipeline_k, k_state)
         if const_expr(pipeline_q is not None):
             pipeline_q.consumer_release(q_state)
         if const_expr(self.promote_first):

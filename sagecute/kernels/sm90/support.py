@@ -22,10 +22,6 @@ def can_implement(cfg) -> tuple[bool, str]:
         return False, f"pv_accum_dtype={cfg.pv_accum_dtype!r} has no sm90 kernel (supported: {', '.join(SUPPORTED_PV_ACCUM)})"
     if cfg.qk_quant_gran not in SUPPORTED_GRANULARITY:
         return False, f"qk_quant_gran={cfg.qk_quant_gran!r} has no sm90 kernel"
-    if cfg.smooth_q and cfg.head_dim <= 64:
-        # Note [smooth_q on sm90]: compute-sanitizer racecheck reports a hazard on the
-        # delta_s slots of the head_dim 64 kernel (not at 128); off until that is understood
-        return False, "smooth_q on sm90 at head_dim <= 64 is off (a racecheck hazard on delta_s, perf/NOTES.md)"
     if not _kernel_available():
         return False, "the sm90 kernel or nvidia-cutlass-dsl is not installed"
     return True, "sm90 INT8-QK/FP8-PV kernel"
