@@ -33,6 +33,9 @@ def main():
                    help="stashed blocks per split; 'SsN' pins splits S and stash N (e.g. 4s1, 16s2)")
     p.add_argument("--hints", default="default",
                    help="comma-separated quant_qkv.CACHE_HINTS values to time ('none': no hint, 'default': as shipped)")
+    p.add_argument("--wg", default="auto",
+                   help="warpgroups per K/V CTA to time, comma-separated ('auto': warpgroups_for; Note [Sub-splits]); "
+                        "each other count's outputs are compared with the first one's")
     p.add_argument("--L", default="1024,8192,16384")
     p.add_argument("--D", default="128,64")
     p.add_argument("--B", type=int, default=4)
@@ -51,23 +54,35 @@ def main():
     dst = torch.empty_like(src)
     copy_tbs = 2 * src.numel() / loop_ms(lambda: dst.copy_(src)) / 1e9
     print(f"{torch.cuda.get_device_name()}: device-to-device copy {copy_tbs:.2f} TB/s")
-    auto, auto_splits, shipped = kern.stash_for, kern.splits_for, quant_qkv.CACHE_HINTS
+    auto, auto_splits, shipped, auto_wg = kern.stash_for, kern.splits_for, quant_qkv.CACHE_HINTS, kern.warpgroups_for
     for d in (int(x) for x in args.D.split(",")):
         for length in (int(x) for x in args.L.split(",")):
             q, k, v = (torch.randn(args.B, args.H, length, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
             traffic = (k.numel() + v.numel()) * 3  # bf16 in, 1-byte out
+            first = None
             for stash in args.stash.split(","):
                 for hints in args.hints.split(","):
-                    splits, _, n = stash.rpartition("s")
-                    kern.splits_for = auto_splits if not splits else (lambda *a, c=int(splits): c)
-                    kern.stash_for = auto if n == "auto" else (lambda *a, n=int(n): n)
-                    quant_qkv.CACHE_HINTS = {"default": shipped, "none": ""}.get(hints, hints)
-                    kern._QKV_PLANS.clear()
-                    us = graph_ms(lambda: kern.quantize_qkv_cute(q, k, v, GRAN, True, with_q=False)) * 1e3
-                    tbs = traffic / us / 1e6
-                    print(f"  D{d} L{length:6d} stash {stash:4s} hints {hints:9s}: {us:8.1f} us {tbs:5.2f} TB/s = "
-                          f"{tbs / copy_tbs:4.0%} of copy", flush=True)
+                    for wg in args.wg.split(","):
+                        splits, _, n = stash.rpartition("s")
+                        kern.splits_for = auto_splits if not splits else (lambda *a, c=int(splits): c)
+                        kern.stash_for = auto if n == "auto" else (lambda *a, n=int(n): n)
+                        kern.warpgroups_for = auto_wg if wg == "auto" else (lambda *a, w=int(wg): w)
+                        quant_qkv.CACHE_HINTS = {"default": shipped, "none": ""}.get(hints, hints)
+                        kern._QKV_PLANS.clear()
+                        us = graph_ms(lambda: kern.quantize_qkv_cute(q, k, v, GRAN, True, with_q=False)) * 1e3
+                        tbs = traffic / us / 1e6
+                        outs = kern.quantize_qkv_cute(q, k, v, GRAN, True, with_q=False)
+                        if first is None:
+                            first, same = outs, ""
+                        else:
+                            diff = [int((a.view(torch.uint8) != b.view(torch.uint8)).sum())
+                                    if a.element_size() == 1 else int((a != b).sum())
+                                    for a, b in zip(first, outs) if a is not None]
+                            same = f" differing elements vs the first (k8 ks km v8 vs): {diff}"
+                        print(f"  D{d} L{length:6d} stash {stash:4s} hints {hints:9s} wg {wg:4s}: {us:8.1f} us "
+                              f"{tbs:5.2f} TB/s = {tbs / copy_tbs:4.0%} of copy{same}", flush=True)
             kern.stash_for, kern.splits_for, quant_qkv.CACHE_HINTS = auto, auto_splits, shipped
+            kern.warpgroups_for = auto_wg
 
 
 GRAN = QuantGranularity.PER_THREAD

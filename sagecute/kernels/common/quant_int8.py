@@ -204,11 +204,11 @@ class QuantizeInt8:
         """First of the 8 channels thread ``tid`` owns."""
         return (tid % self.threads_per_row) * VEC
 
-    def allocate_smem(self, smem) -> tuple:
-        """(row_amax, partial, inv), ``blk`` fp32 each."""
-        return tuple(
-            smem.allocate_tensor(Float32, cute.make_layout(self.blk), byte_alignment=16) for _ in range(3)
-        )
+    def allocate_smem(self, smem, copies: int = 1) -> tuple:
+        """(row_amax, partial, inv), ``blk`` fp32 each; ``copies`` > 1: (blk, copies),
+        one column per group of ``blk`` threads that quantizes blocks on its own."""
+        layout = cute.make_layout(self.blk) if copies == 1 else cute.make_layout((self.blk, copies))
+        return tuple(smem.allocate_tensor(Float32, layout, byte_alignment=16) for _ in range(3))
 
     @cute.jit
     def load_rows(
@@ -230,10 +230,12 @@ class QuantizeInt8:
     def quantize_rows(
         self, rX: cute.Tensor, mean_f32: cute.Tensor, x_int8: cute.Pointer, scale: cute.Pointer,
         bh: Int64, blk_idx, seqlen, tid, s_block: tuple, store_cop: cutlass.Constexpr = None,
+        sync: cutlass.Constexpr = None,
     ):  # fmt: skip
         """Steps 2-4 for the block ``load_rows`` read: scales of (batch*heads + head)
         ``bh`` and its int8 rows (stored with cache operator ``store_cop``). Ends with
-        the CTA's smem free again."""
+        the CTA's smem free again. ``sync``: the barrier of the ``blk`` threads taking
+        part (a warpgroup's named barrier where a CTA holds several; default the CTA's)."""
         blk, tpr, rpp, rpt = self.blk, self.threads_per_row, self.rows_per_pass, self.rows_per_thread
         s_row_amax, s_partial, s_inv = s_block
         col = self.col(tid)
@@ -252,13 +254,13 @@ class QuantizeInt8:
                 amax = Float32(0.0)
             if tid % tpr == 0:
                 s_row_amax[row_in_pass + rpp * i] = amax
-        cute.arch.sync_threads()
+        self._sync(sync)
 
         # 3. group amax -> scale (leaders) and inv (every row)
         amax = warp_max_bfly(s_row_amax[tid], self.group_mask & 31)
         if const_expr(len(self.warp_offsets) > 0):
             s_partial[tid] = amax
-            cute.arch.sync_threads()
+            self._sync(sync)
             # this row's lane bits, group's first warp; recomputed per block (not hoisted:
             # two addresses live through the K/V kernel's block loop cost a spill at 128
             # registers)
@@ -272,7 +274,7 @@ class QuantizeInt8:
             s_off = bh * Int64(n_scales)
             s_off = s_off + Int64(blk_idx * self.scales_per_block + _squeeze(tid, self.group_mask, self.blk_bits))
             gmem_vec(scale, s_off, 1, 1)[0] = div_rn(amax, Float32(INT8_MAX))
-        cute.arch.sync_threads()
+        self._sync(sync)
 
         # 4. quantize from registers, 8 int8 = 2 words per row
         words_per_row = self.head_dim // 4
@@ -289,7 +291,14 @@ class QuantizeInt8:
                 rOut[1] = quantize_int8x4(xq[4], xq[5], xq[6], xq[7], inv)
                 gmem_store(x_int8, o_first + Int64(rpp * i * words_per_row), rOut.load(), store_cop)
         # the next block's step 2 rewrites s_row_amax / s_inv
-        cute.arch.sync_threads()
+        self._sync(sync)
+
+    @staticmethod
+    def _sync(sync):
+        if const_expr(sync is None):
+            cute.arch.sync_threads()
+        else:
+            sync()
 
     def _minus_mean(self, x: Float32, mean_f32: cute.Tensor, e: int) -> Float32:
         return x - mean_f32[e] if const_expr(self.has_mean) else x

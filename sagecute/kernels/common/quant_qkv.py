@@ -88,6 +88,25 @@ int8/fp8 output with ``.cs`` (the attention reads it much later). H200, B4 H32 D
 L16k 584 -> 573, L1k unchanged (one block per split: nothing re-read); D64 L8k 128 ->
 125. Cache operators change no value.
 
+Note [Sub-splits]
+-----------------
+From L16k on (8 blocks per split) 6 of a split's 8 blocks were re-read in pass 2, and
+the CTAs in flight held ~135 MB between their passes, more than L2: DRAM moved ~2.4 GB
+for the 1.6 GB counted. With ``warpgroups`` 2 a K/V CTA has 256 threads and each
+warpgroup is a split of its own (``sub = rank * 2 + wg``, blocks ``sub, sub + 2C,
+...``): its own block scratch, stash slot and named barrier (``warpgroup_sync``: the
+two block loops run different counts), while the column statistics still meet once
+per CTA (``reduce_columns`` over 8 warps) and once per cluster. Same registers per
+SM (2 CTAs of 256 at the 128 cap), half the blocks per split, and a head's data
+spread over twice the threads, so half as many heads hold data between their
+passes. H200, B4 H32 bf16 (perf/results/2026-12-02_h200_smoothq_fix/prep_subsplits.txt,
+same run): D128 L16k 569 -> 510 us (67% -> 74% of copy), D64 L16k 283 -> 246 (67% ->
+77%); L8k unchanged (250 / 247 us), L4k slower (122 -> 142), L1k much slower (one block
+per split: half the warpgroups idle), hence the threshold. Values as with one
+warpgroup (every preprocessing GPU test passes with sub-splits from 2 blocks per
+split on); the K mean's fp32 sum runs in another order, which can move it by one ulp
+(Note [Split K mean]). Not with smooth_v (~140 registers) or the Q role.
+
 Note [delta_s in the K pass]
 ----------------------------
 ``smooth_q`` on sm90 (Note [smooth_q on sm90] in kernels/sm90/attn_fwd.py) needs, per
@@ -136,6 +155,9 @@ SPLIT_CHOICES = (8, 16)  # K/V splits per (batch, head) = cluster size; 16 is no
 
 STASH_CHOICES = (0, 1)  # blocks a split keeps in smem between its passes (Note [Stashed blocks])
 
+# warpgroups per K/V CTA, each a sub-split of its own (Note [Sub-splits])
+WARPGROUP_CHOICES = (1, 2)
+
 # Note [L2 cache operators]: "+"-joined subset of "st", "rr", "p1", "el"; read when a
 # QuantizeQKV is built (perf/prep_bandwidth.py --hints overrides it)
 CACHE_HINTS = "st+rr+p1+el"
@@ -147,11 +169,22 @@ def splits_for(seqlen_k: int, blk: int = 128) -> int:
     return 16 if seqlen_k >= 16 * blk else 8
 
 
-def stash_for(seqlen_k: int, splits: int, blk: int = 128) -> int:
-    """Note [Stashed blocks]: smem slots for a split's blocks besides the last one."""
+def stash_for(seqlen_k: int, splits: int, blk: int = 128, warpgroups: int = 1) -> int:
+    """Note [Stashed blocks]: smem slots for a (sub-)split's blocks besides the last one."""
     n_blocks = -(-seqlen_k // blk)
-    blocks_per_split = -(-n_blocks // splits)
+    blocks_per_split = -(-n_blocks // (splits * warpgroups))
     return max(c for c in STASH_CHOICES if c <= max(blocks_per_split - 1, 0))
+
+
+# Note [Sub-splits]: from this many blocks per split on (L16k with 16 splits), a K/V
+# CTA takes two warpgroups (0: never)
+SUB_SPLIT_MIN_BLOCKS = 8
+
+
+def warpgroups_for(seqlen_k: int, splits: int, blk: int = 128) -> int:
+    """Note [Sub-splits]: warpgroups per K/V CTA for ``seqlen_k``."""
+    blocks_per_split = -(-(-(-seqlen_k // blk)) // splits)
+    return 2 if SUB_SPLIT_MIN_BLOCKS and blocks_per_split >= SUB_SPLIT_MIN_BLOCKS else 1
 
 
 class QuantizeQKV:
@@ -171,9 +204,16 @@ class QuantizeQKV:
         smooth_v: bool = False,
         cache_hints: Optional[str] = None,
         smooth_q: bool = False,
+        warpgroups: int = 1,
     ):
-        if not self.can_implement(dtype, head_dim, geom) or splits not in SPLIT_CHOICES or stash not in STASH_CHOICES:
-            raise ValueError(f"unsupported fused QKV quantizer config: {dtype}, head_dim={head_dim}, {geom}")
+        if (not self.can_implement(dtype, head_dim, geom) or splits not in SPLIT_CHOICES or stash not in STASH_CHOICES
+                or warpgroups not in WARPGROUP_CHOICES or (with_q and warpgroups > 1)):
+            raise ValueError(f"unsupported fused QKV quantizer config: {dtype}, head_dim={head_dim}, {geom}, "
+                             f"splits={splits}, stash={stash}, warpgroups={warpgroups}, with_q={with_q}")
+        # Note [Sub-splits]: each warpgroup of a K/V CTA is a split of its own
+        self.warpgroups = warpgroups
+        self.sub_splits = splits * warpgroups
+        self.num_threads = NUM_THREADS * warpgroups
         self.dtype = dtype
         self.head_dim = head_dim
         self.smooth_k = smooth_k
@@ -189,7 +229,7 @@ class QuantizeQKV:
         # D128 K/V: cap at 128 registers for 4 CTAs per SM (ptxas would take 130, i.e. 3
         # per SM; spill-free at 128, H200 L1k 39.9 -> 35.6 us). smooth_v needs ~140 and
         # D64 fits anyway: no cap (0)
-        self.min_ctas_per_sm = 4 if head_dim == 128 and not smooth_v else 0
+        self.min_ctas_per_sm = 4 // warpgroups if head_dim == 128 and not smooth_v else 0
         # False: K and V only (the attention kernel quantizes Q itself, Note [Fused Q
         # quantization] in kernels/sm90/attn_fwd.py); the grid then has Hkv rows
         self.with_q = with_q
@@ -255,7 +295,7 @@ class QuantizeQKV:
             q_ctas, heads = (q_blocks + self.splits - 1) // self.splits * self.splits, mQ.shape[1]
         self.kernel(mQ, mK, mV, mQ8, mQs, mK8, mKs, mKm, mV8, mVs, mVm, mQm, mDelta, scale_max).launch(
             grid=[2 * self.splits + q_ctas, heads, mK.shape[0]],
-            block=[NUM_THREADS, 1, 1],
+            block=[self.num_threads, 1, 1],
             cluster=[self.splits, 1, 1],
             smem=self.smem_bytes(),
             stream=stream,
@@ -271,10 +311,10 @@ class QuantizeQKV:
         return 3 if self.smooth_v else 1
 
     def smem_bytes(self) -> int:
-        d, n = self.head_dim, self.num_stats()
-        stash = self.stash * NUM_THREADS * self.stash_rows * VEC * self.dtype.width // 8
+        d, n, w = self.head_dim, self.num_stats(), self.warpgroups
+        stash = w * self.stash * NUM_THREADS * self.stash_rows * VEC * self.dtype.width // 8
         mean = d * self.dtype.width // 8
-        return 3 * self.blk * 4 + d * NUM_WARPS * 4 * n + (n + 2) * d * 4 + mean + 6 * 16 + stash + 16
+        return w * 3 * self.blk * 4 + d * w * NUM_WARPS * 4 * n + (n + 2) * d * 4 + mean + 6 * 16 + stash + 16
 
     # ============================================================ device
     @cute.kernel
@@ -301,10 +341,16 @@ class QuantizeQKV:
         tid, _, _ = cute.arch.thread_idx()
         x, head, batch = cute.arch.block_idx()
         smem = cutlass.memory.SmemAllocator()
-        s_block = self.k_quant.allocate_smem(smem)  # the int8 quantizers' block scratch
+        # Note [Sub-splits]: per warpgroup, its thread index ``t`` and its own block
+        # scratch and stash slot (one warpgroup: the CTA's, as before)
+        wg = tid // NUM_THREADS if const_expr(self.warpgroups > 1) else 0
+        t = tid % NUM_THREADS if const_expr(self.warpgroups > 1) else tid
+        s_block = self.k_quant.allocate_smem(smem, self.warpgroups)  # the int8 quantizers' block scratch
+        if const_expr(self.warpgroups > 1):
+            s_block = tuple(part[None, wg] for part in s_block)
         n_stats = self.num_stats()
         s_warp = smem.allocate_tensor(
-            Float32, cute.make_layout((self.head_dim, NUM_WARPS, n_stats)), byte_alignment=16
+            Float32, cute.make_layout((self.head_dim, NUM_WARPS * self.warpgroups, n_stats)), byte_alignment=16
         )
         s_split = smem.allocate_tensor(Float32, cute.make_layout((self.head_dim, n_stats)), byte_alignment=16)
         # V: each channel's inv (and with smooth_v its mean), for pass 2
@@ -312,23 +358,26 @@ class QuantizeQKV:
         s_mean = smem.allocate_tensor(self.dtype, cute.make_layout(self.head_dim), byte_alignment=16)
         s_stash = None
         if const_expr(self.stash > 0):
-            # (vector element, row, thread, slot): a thread's 16-byte vectors, warps contiguous
+            # (vector element, row, thread, slot[, warpgroup]): a thread's 16-byte vectors,
+            # warps contiguous
             rows, slot = self.stash_rows, NUM_THREADS * self.stash_rows * VEC
-            s_stash = smem.allocate_tensor(
-                self.dtype,
-                cute.make_layout((VEC, rows, NUM_THREADS, self.stash), stride=(1, NUM_THREADS * VEC, VEC, slot)),
-                byte_alignment=16,
-            )
+            shape, stride = (VEC, rows, NUM_THREADS, self.stash), (1, NUM_THREADS * VEC, VEC, slot)
+            if const_expr(self.warpgroups > 1):
+                shape, stride = shape + (self.warpgroups,), stride + (slot * self.stash,)
+            s_stash = smem.allocate_tensor(self.dtype, cute.make_layout(shape, stride=stride), byte_alignment=16)
+            if const_expr(self.warpgroups > 1):
+                s_stash = s_stash[None, None, None, None, wg]
 
         role = x // self.splits
         split = x % self.splits
+        sub = split * self.warpgroups + wg  # this warpgroup's (sub-)split
         if role == 0:
             if head < mK.shape[1]:
-                self.k_split(mK, mK8, mKs, mKm, mQm, mDelta, batch, head, split, tid, s_block, s_warp, s_split, s_mean,
-                             s_stash)
+                self.k_split(mK, mK8, mKs, mKm, mQm, mDelta, batch, head, split, sub, tid, t, wg, s_block, s_warp,
+                             s_split, s_mean, s_stash)
         elif role == 1:
             if head < mV.shape[1]:
-                self.v_split(mV, mV8, mVs, mVm, scale_max, batch, head, split, tid, s_warp, s_split, s_chan,
+                self.v_split(mV, mV8, mVs, mVm, scale_max, batch, head, split, sub, tid, t, s_warp, s_split, s_chan,
                              s_stash)
         else:
             if const_expr(self.with_q):
@@ -352,11 +401,14 @@ class QuantizeQKV:
     def k_split(
         self, mK: cute.Tensor, mK8: cute.Tensor, mKs: cute.Tensor, mKm: Optional[cute.Tensor],
         mQm: Optional[cute.Tensor], mDelta: Optional[cute.Tensor],
-        batch, head, split, tid, s_block, s_warp: cute.Tensor, s_split: cute.Tensor, s_mean: cute.Tensor,
+        batch, head, split, sub, tid, t, wg, s_block, s_warp: cute.Tensor, s_split: cute.Tensor, s_mean: cute.Tensor,
         s_stash: Optional[cute.Tensor],
     ):  # fmt: skip
+        """K of (batch, head): ``split`` is the CTA's cluster rank, ``sub`` and ``t`` the
+        warpgroup's (sub-)split and thread index in it, ``tid`` the CTA's thread index."""
         seqlen = mK.shape[2]
-        n_mine = self.blocks_of_split(seqlen, split)
+        n_mine = self.blocks_of_split(seqlen, sub)
+        sync = self.warpgroup_sync(wg)
         base = Int64(batch) * Int64(mK.stride[0]) + Int64(head) * Int64(mK.stride[1])
         stride_l = Int64(mK.stride[2])
         rX = cute.make_rmem_tensor(cute.make_layout((VEC, self.k_quant.rows_per_thread)), self.dtype)
@@ -368,53 +420,54 @@ class QuantizeQKV:
             acc.fill(0.0)
             for i in cutlass.range(n_mine):
                 self.pass1_load(
-                    lambda cop, i=i: self.k_quant.load_rows(rX, mK.iterator, base, stride_l, split + i * self.splits,
-                                                            seqlen, tid, cop),
+                    lambda cop, i=i: self.k_quant.load_rows(rX, mK.iterator, base, stride_l,
+                                                            sub + i * self.sub_splits, seqlen, t, cop),
                     i, n_mine,
                 )  # fmt: skip
                 for r in cutlass.range_constexpr(self.k_quant.rows_per_thread):
                     for e, x in enumerate(widen_row(rX[None, r])):
                         acc[e] = acc[e] + x
-                self.stash_store(rX, s_stash, i, n_mine, tid)
+                self.stash_store(rX, s_stash, i, n_mine, t)
             self.reduce_columns([acc], (False,), tid, s_warp, s_split)
             total = self.gather_splits(s_split, tid, (False,))[0]
             self.publish_mean(total, seqlen, mKm, batch, head, split, tid, s_mean)
-            col = self.k_quant.col(tid)
+            col = self.k_quant.col(t)
             for e in cutlass.range_constexpr(VEC):
                 mean_f32[e] = s_mean[col + e].to(Float32)
         # pass 2, last loaded first (it is still in rX)
         bh = Int64(batch) * Int64(mK.shape[1]) + Int64(head)
         k8 = cute.recast_ptr(mK8.iterator, dtype=Int32)
-        for t in cutlass.range(n_mine):
-            blk_idx = split + (n_mine - 1 - t) * self.splits
+        for j in cutlass.range(n_mine):
+            blk_idx = sub + (n_mine - 1 - j) * self.sub_splits
             if const_expr(self.smooth_k):
-                if t > 0:
-                    if not self.stash_load(rX, s_stash, n_mine - 1 - t, tid):
-                        self.k_quant.load_rows(rX, mK.iterator, base, stride_l, blk_idx, seqlen, tid, self.reread_cop)
+                if j > 0:
+                    if not self.stash_load(rX, s_stash, n_mine - 1 - j, t):
+                        self.k_quant.load_rows(rX, mK.iterator, base, stride_l, blk_idx, seqlen, t, self.reread_cop)
             else:
-                self.k_quant.load_rows(rX, mK.iterator, base, stride_l, blk_idx, seqlen, tid, self.once_cop)
-            self.k_quant.quantize_rows(rX, mean_f32, k8, mKs.iterator, bh, blk_idx, seqlen, tid, s_block,
-                                       self.store_cop)
+                self.k_quant.load_rows(rX, mK.iterator, base, stride_l, blk_idx, seqlen, t, self.once_cop)
+            self.k_quant.quantize_rows(rX, mean_f32, k8, mKs.iterator, bh, blk_idx, seqlen, t, s_block,
+                                       self.store_cop, sync)
             if const_expr(self.smooth_q):
-                self.delta_rows(rX, mean_f32, mQm, mDelta, mQm.shape[1] // mK.shape[1], batch, head, blk_idx, tid)
+                self.delta_rows(rX, mean_f32, mQm, mDelta, mQm.shape[1] // mK.shape[1], batch, head, blk_idx, t)
         if const_expr(self.smooth_k):
             cute.arch.cluster_wait()  # no CTA leaves while another still reads its s_split
 
     @cute.jit
     def v_split(
         self, mV: cute.Tensor, mV8: cute.Tensor, mVs: cute.Tensor, mVm: Optional[cute.Tensor], scale_max: Float32,
-        batch, head, split, tid, s_warp: cute.Tensor, s_split: cute.Tensor, s_chan: cute.Tensor,
+        batch, head, split, sub, tid, t, s_warp: cute.Tensor, s_split: cute.Tensor, s_chan: cute.Tensor,
         s_stash: Optional[cute.Tensor],
     ):  # fmt: skip
+        """V of (batch, head); ``split``, ``sub``, ``tid`` and ``t`` as ``k_split``'s."""
         seqlen = mV.shape[2]
-        n_mine = self.blocks_of_split(seqlen, split)
+        n_mine = self.blocks_of_split(seqlen, sub)
         # item ``tid``: tokens ``(tid // vecs_per_row) * v_rows ..`` of a block, channel vector
         # ``tid % vecs_per_row``; that is part ``part`` of 16-token group ``group_in_block``
         # (the whole group, or one half: Note [Half groups])
         parts = GROUP // self.v_rows
-        cvec = tid % self.vecs_per_row
-        group_in_block = tid // (self.vecs_per_row * parts)
-        part = (tid // self.vecs_per_row) % parts if const_expr(parts > 1) else 0
+        cvec = t % self.vecs_per_row
+        group_in_block = t // (self.vecs_per_row * parts)
+        part = (t // self.vecs_per_row) % parts if const_expr(parts > 1) else 0
         base = Int64(batch) * Int64(mV.stride[0]) + Int64(head) * Int64(mV.stride[1]) + Int64(cvec * VEC)
         stride_l = Int64(mV.stride[2])
         rX = cute.make_rmem_tensor(cute.make_layout((VEC, self.v_rows)), self.dtype)  # (channel, token)
@@ -426,7 +479,7 @@ class QuantizeQKV:
         for extreme in stats[1:]:
             extreme.fill(-Float32.inf)
         for i in cutlass.range(n_mine):
-            group = (split + i * self.splits) * self.groups_per_block + group_in_block
+            group = (sub + i * self.sub_splits) * self.groups_per_block + group_in_block
             self.pass1_load(
                 lambda cop, group=group: self.v_quant.load_group(rX, mV.iterator, base, stride_l, group, seqlen, part,
                                                                  cop),
@@ -445,7 +498,7 @@ class QuantizeQKV:
                     amax = stats[0]
                     for e, x in enumerate(widen_row(rX[None, j])):
                         amax[e] = cute.arch.fmax(amax[e], abs(x))
-            self.stash_store(rX, s_stash, i, n_mine, tid)
+            self.stash_store(rX, s_stash, i, n_mine, t)
         is_max = (False, True, True) if const_expr(self.smooth_v) else (True,)
         self.reduce_columns(stats, is_max, tid, s_warp, s_split)
         totals = self.gather_splits(s_split, tid, is_max)
@@ -476,10 +529,10 @@ class QuantizeQKV:
         padded_len = (seqlen + self.blk - 1) // self.blk * self.blk
         row0 = bh * Int64(self.head_dim) + Int64(cvec * VEC)
         v8 = cute.recast_ptr(mV8.iterator, dtype=Int32)
-        for t in cutlass.range(n_mine):
-            group = (split + (n_mine - 1 - t) * self.splits) * self.groups_per_block + group_in_block
-            if t > 0:
-                if not self.stash_load(rX, s_stash, n_mine - 1 - t, tid):
+        for j in cutlass.range(n_mine):
+            group = (sub + (n_mine - 1 - j) * self.sub_splits) * self.groups_per_block + group_in_block
+            if j > 0:
+                if not self.stash_load(rX, s_stash, n_mine - 1 - j, t):
                     self.v_quant.load_group(rX, mV.iterator, base, stride_l, group, seqlen, part, self.reread_cop)
             if const_expr(parts == 1):
                 self.v_quant.store_group(rX, rInv, v8, row0, group, padded_len // 4, rMean, seqlen, self.store_cop)
@@ -601,10 +654,18 @@ class QuantizeQKV:
         stays in registers, the first ``stash`` wait in smem)."""
         return (i == n_mine - 1) | (i < self.stash)
 
-    def blocks_of_split(self, seqlen, split):
-        """How many of the ``ceil(seqlen / blk)`` blocks split ``split`` owns."""
+    def blocks_of_split(self, seqlen, sub):
+        """How many of the ``ceil(seqlen / blk)`` blocks (sub-)split ``sub`` owns:
+        blocks ``sub, sub + sub_splits, ...``."""
         n_blocks = (seqlen + self.blk - 1) // self.blk
-        return (n_blocks - split + self.splits - 1) // self.splits
+        return (n_blocks - sub + self.sub_splits - 1) // self.sub_splits
+
+    def warpgroup_sync(self, wg):
+        """Note [Sub-splits]: the barrier of one warpgroup's 128 threads, whose block
+        loop runs as often as its own sub-split has blocks (None: the CTA's)."""
+        if self.warpgroups == 1:
+            return None
+        return lambda: cute.arch.barrier(barrier_id=1 + wg, number_of_threads=NUM_THREADS)
 
     @cute.jit
     def reduce_columns(self, stats: list, is_max: tuple, tid, s_warp: cute.Tensor, s_split: cute.Tensor):
@@ -627,7 +688,7 @@ class QuantizeQKV:
         if tid < self.head_dim:
             for i in cutlass.range_constexpr(len(stats)):
                 v = s_warp[tid, 0, i]
-                for w in cutlass.range_constexpr(1, NUM_WARPS):
+                for w in cutlass.range_constexpr(1, NUM_WARPS * self.warpgroups):
                     if const_expr(is_max[i]):
                         v = cute.arch.fmax(v, s_warp[tid, w, i])
                     else:
