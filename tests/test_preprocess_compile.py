@@ -93,3 +93,23 @@ def test_rejects_unsupported_configs():
         QuantizeInt8(cutlass.BFloat16, 72, QuantGranularity.PER_THREAD, False, False, SM90_GEOMETRY)
     with pytest.raises(ValueError):
         QuantizeVFp8(cutlass.Float32, 128, SM90_GEOMETRY)
+    from sagecute.kernels.common.quant_qkv import QuantizeQKV
+
+    for with_q, warpgroups in ((True, 2), (False, 3)):  # Note [Sub-splits]: K/V roles only, 1 or 2
+        with pytest.raises(ValueError, match="warpgroups"):
+            QuantizeQKV(cutlass.BFloat16, 128, QuantGranularity.PER_THREAD, True, SM90_GEOMETRY, 16, with_q, 1,
+                        warpgroups=warpgroups)
+
+
+def test_split_plan_per_length():
+    """Note [Stashed blocks], Note [Sub-splits]: splits, warpgroups and stash per Lk
+    (what the H200 measured best: sub-splits from 8 blocks per split, i.e. L16k)."""
+    from sagecute.kernels.common.quant_qkv import splits_for, stash_for, warpgroups_for
+
+    plans = {}
+    for lk in (1, 1024, 2048, 4096, 8192, 16383, 16384, 65536):
+        s = splits_for(lk)
+        w = warpgroups_for(lk, s)
+        plans[lk] = (s, w, stash_for(lk, s, 128, w))
+    assert plans == {1: (8, 1, 0), 1024: (8, 1, 0), 2048: (16, 1, 0), 4096: (16, 1, 1), 8192: (16, 1, 1),
+                     16383: (16, 2, 1), 16384: (16, 2, 1), 65536: (16, 2, 1)}

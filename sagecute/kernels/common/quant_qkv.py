@@ -1,7 +1,8 @@
 """Q, K and V preprocessing of one attention call in ONE launch.
 
 Replaces the four launches of the standalone quantizers (Q int8, K mean, K int8,
-V fp8) on the sm90 path. 128 threads per CTA, grid ``(2 C + ceil(nq / C) C, Hq, B)``
+V fp8) on the sm90 path. 128 threads per CTA (256 for K/V sub-splits: Note
+[Sub-splits]), grid ``(2 C + ceil(nq / C) C, Hq, B)``
 in clusters of ``C`` CTAs along x (``C`` = ``splits``: 8, or 16 from
 ``Lk >= 2048`` on, ``splits_for``); x picks the CTA's role:
 
@@ -183,7 +184,8 @@ SUB_SPLIT_MIN_BLOCKS = 8
 
 def warpgroups_for(seqlen_k: int, splits: int, blk: int = 128) -> int:
     """Note [Sub-splits]: warpgroups per K/V CTA for ``seqlen_k``."""
-    blocks_per_split = -(-(-(-seqlen_k // blk)) // splits)
+    n_blocks = -(-seqlen_k // blk)
+    blocks_per_split = -(-n_blocks // splits)
     return 2 if SUB_SPLIT_MIN_BLOCKS and blocks_per_split >= SUB_SPLIT_MIN_BLOCKS else 1
 
 
