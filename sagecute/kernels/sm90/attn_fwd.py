@@ -726,7 +726,9 @@ class SageAttnFwdSm90:
         # PipelineTmaAsync consumers release with one elected lane per warp.
         consumer_warps = pipeline.CooperativeGroup(pipeline.Agent.Thread, self.num_consumer_wg * 4)
         # smooth_q: every consumer thread releases a K stage (release_k)
-        consumer_threads = pipeline.CooperativeGroup(pipeline.Agent.Thread, self.num_consumer_wg * 128)
+        consumer_threads = pipeline.CooperativeGroup(
+            pipeline.Agent.Thread, self.num_consumer_wg * self.num_threads_per_wg
+        )
 
         def tma_pipeline(barrier, num_stages: int, tx_count: int, consumers=consumer_warps):
             return pipeline.PipelineTmaAsync.create(
