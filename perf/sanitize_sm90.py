@@ -26,7 +26,7 @@ SHAPES = [
     (2, 2, 2, 77, 300, 64, True, "NHD", "v"),
     (1, 4, 2, 130, 2100, 128, True, "HND", "q"),  # smooth_q: delta_s bulk copies, 16 splits
     (2, 2, 2, 77, 300, 128, False, "NHD", "q"),
-    (2, 2, 2, 77, 300, 64, False, "NHD", "q"),  # before the proxy fence in add_delta_s: 1 racecheck hazard
+    (2, 2, 2, 77, 300, 64, False, "NHD", "q"),  # one-lane K release: 1 racecheck hazard (release_k)
 ]
 
 

@@ -199,9 +199,10 @@ ROWSUM_COLS = 8
 # The LSE correction is unchanged (u is q . (k - km) again, up to quantization).
 # Two details: Q rows past Lq (TMA's zero rows) read as -qm once the mean is
 # subtracted, so quantize_q leaves them out of the scale they share with true rows
-# (per_thread: rows r and r + 8), as the reference pads after centering; and the
-# consumer fences the proxies before releasing a K stage, since the next bulk copy
-# (async proxy) overwrites the delta_s slot its lanes read (generic proxy).
+# (per_thread: rows r and r + 8), as the reference pads after centering; and every
+# consumer thread fences the proxies and releases the K stage itself (release_k),
+# since the next bulk copy (async proxy) overwrites the delta_s slot it read
+# (generic proxy).
 
 
 @dsl_user_op
