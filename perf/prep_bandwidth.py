@@ -4,7 +4,7 @@ measured in the same run, for each count of stashed blocks (Note [Stashed blocks
 
     python perf/prep_bandwidth.py [--stash auto,0,1,16s1] [--L 1024,8192,16384] [--D 128,64]
     python perf/prep_bandwidth.py --stash auto --hints none,st,st+rr,st+rr+p1   # Note [L2 cache operators]
-    python perf/prep_bandwidth.py --ncu-one --L 1024 --D 128   # one call per shape, for ncu
+    python perf/prep_bandwidth.py --ncu-one --L 1024 --D 128 [--wg 2]   # one call per shape, for ncu
 
 Bytes counted once: K and V read (bf16), K int8 + V fp8 written (scales and the mean
 are < 1%). Times: CUDA graph of 20 calls, best of 3 (the copy: a plain loop; a
@@ -42,7 +42,19 @@ def main():
     p.add_argument("--H", type=int, default=32)
     p.add_argument("--ncu-one", action="store_true", help="each (D, L) once after a warm-up call, no timing (for ncu)")
     args = p.parse_args()
-    if args.ncu_one:
+    auto, auto_splits, shipped, auto_wg = kern.stash_for, kern.splits_for, quant_qkv.CACHE_HINTS, kern.warpgroups_for
+
+    def pin(stash: str, hints: str, wg: str) -> None:
+        """Plan the next calls with these stash / hints / warpgroups (``auto``: as shipped)."""
+        splits, _, n = stash.rpartition("s")
+        kern.splits_for = auto_splits if not splits else (lambda *a, c=int(splits): c)
+        kern.stash_for = auto if n == "auto" else (lambda *a, n=int(n): n)
+        kern.warpgroups_for = auto_wg if wg == "auto" else (lambda *a, w=int(wg): w)
+        quant_qkv.CACHE_HINTS = {"default": shipped, "none": ""}.get(hints, hints)
+        kern._QKV_PLANS.clear()
+
+    if args.ncu_one:  # the first --stash / --hints / --wg value
+        pin(args.stash.split(",")[0], args.hints.split(",")[0], args.wg.split(",")[0])
         for d in (int(x) for x in args.D.split(",")):
             for length in (int(x) for x in args.L.split(",")):
                 q, k, v = (torch.randn(args.B, args.H, length, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
@@ -54,7 +66,6 @@ def main():
     dst = torch.empty_like(src)
     copy_tbs = 2 * src.numel() / loop_ms(lambda: dst.copy_(src)) / 1e9
     print(f"{torch.cuda.get_device_name()}: device-to-device copy {copy_tbs:.2f} TB/s")
-    auto, auto_splits, shipped, auto_wg = kern.stash_for, kern.splits_for, quant_qkv.CACHE_HINTS, kern.warpgroups_for
     for d in (int(x) for x in args.D.split(",")):
         for length in (int(x) for x in args.L.split(",")):
             q, k, v = (torch.randn(args.B, args.H, length, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
@@ -63,12 +74,7 @@ def main():
             for stash in args.stash.split(","):
                 for hints in args.hints.split(","):
                     for wg in args.wg.split(","):
-                        splits, _, n = stash.rpartition("s")
-                        kern.splits_for = auto_splits if not splits else (lambda *a, c=int(splits): c)
-                        kern.stash_for = auto if n == "auto" else (lambda *a, n=int(n): n)
-                        kern.warpgroups_for = auto_wg if wg == "auto" else (lambda *a, w=int(wg): w)
-                        quant_qkv.CACHE_HINTS = {"default": shipped, "none": ""}.get(hints, hints)
-                        kern._QKV_PLANS.clear()
+                        pin(stash, hints, wg)
                         us = graph_ms(lambda: kern.quantize_qkv_cute(q, k, v, GRAN, True, with_q=False)) * 1e3
                         tbs = traffic / us / 1e6
                         outs = kern.quantize_qkv_cute(q, k, v, GRAN, True, with_q=False)
@@ -81,8 +87,7 @@ def main():
                             same = f" differing elements vs the first (k8 ks km v8 vs): {diff}"
                         print(f"  D{d} L{length:6d} stash {stash:4s} hints {hints:9s} wg {wg:4s}: {us:8.1f} us "
                               f"{tbs:5.2f} TB/s = {tbs / copy_tbs:4.0%} of copy{same}", flush=True)
-            kern.stash_for, kern.splits_for, quant_qkv.CACHE_HINTS = auto, auto_splits, shipped
-            kern.warpgroups_for = auto_wg
+            pin("auto", "default", "auto")
 
 
 GRAN = QuantGranularity.PER_THREAD

@@ -84,15 +84,20 @@ def row_max_int(row: cute.Tensor, num_partials: int = 8):
 # Note [Polynomial exp2]
 # ----------------------
 # MUFU.EX2 issues one warp instruction per 8 cycles per SM sub-partition on Hopper (64
-# per thread and KV block in the sm90 kernel), so some of the exponentials could run on
-# the FMA pipe instead (measured: no gain on an H100, perf/NOTES.md; off by default): 2^x = 2^floor(x) * 2^f, f in [0, 1),
-# 2^f by a cubic with p(0) = 1, p(1) = 2 (max relative error 1.0e-4, fitted for this
-# project), 2^floor(x) added into the exponent bits. Nine instructions on the FMA/ALU
-# pipes instead of one MUFU. The error is far below the e4m3 step P is rounded to
-# (2^-4), and below ex2.approx's own where it matters little: a few P elements in ten
-# thousand round to the neighbouring e4m3 value. x >= -127 after the clamp; larger
-# than 127 never happens (x <= log2(448) by the FP8 offset).
-EXP2_POLY3 = (1.0, 0.6954243183135986, 0.2263076901435852, 0.07826797664165497)
+# per thread and KV block in the sm90 kernel), so some of the exponentials can run on
+# the FMA pipe instead (the sm90 kernel's d64 three-warpgroup tile, every 16th score:
+# +5% at L8k on an H200; Note [Three consumer warpgroups]): 2^x = 2^floor(x) * 2^f, f in [0, 1), 2^floor(x) added into the
+# exponent bits. 2^f is 2^-4 * (f^3 + a2 f^2 + a1 f + a0): a cubic whose leading
+# coefficient is fixed at 2^-4 (fitted minimax for this project, max relative error
+# 3.6e-4), so it evaluates as one FADD and two FFMAs that each take one immediate, and
+# the 2^-4 joins the exponent. A free cubic (error 0.8e-4) needs its leading coefficient
+# in a register, and at d64 with three consumer warpgroups that one register spilled.
+# Eight instructions on the FMA/ALU pipes instead of one MUFU. The error is far below
+# the e4m3 step P is rounded to (2^-4 relative): a few P elements in a thousand of those
+# computed this way round to the neighbouring e4m3 value. x is clamped at -120 (the
+# result 2^-120 is 0 in e4m3 like the exact one); x <= log2(448) by the FP8 offset.
+EXP2_POLY_MONIC = (16.005699157714844, 11.001639366149902, 3.9812610149383545)  # a0, a1, a2
+EXP2_POLY_SHIFT = 4  # the fixed leading coefficient is 2^-EXP2_POLY_SHIFT
 _ROUND_BIAS = 12582912.0  # 1.5 * 2^23: x + bias keeps floor(x) in the low mantissa bits
 
 
@@ -120,9 +125,11 @@ def _scale_by_pow2(biased_floor, frac_pow2, *, loc=None, ip=None) -> Float32:
 def exp2_poly(x):
     """2^x on the FMA pipe (Note [Polynomial exp2]); x <= 127. Plain Python, inlined
     while a kernel is traced."""
-    x = cute.arch.fmax(x, Float32(-127.0))
-    biased = _add_round_down(x, Float32(_ROUND_BIAS))
-    frac = x - (biased - Float32(_ROUND_BIAS))
-    c0, c1, c2, c3 = EXP2_POLY3
-    p = ((Float32(c3) * frac + Float32(c2)) * frac + Float32(c1)) * frac + Float32(c0)
+    x = cute.arch.fmax(x, Float32(-120.0))
+    # the low bits of ``biased`` hold floor(x) - SHIFT: the exponent of 2^floor(x) * 2^-SHIFT
+    bias = Float32(_ROUND_BIAS - EXP2_POLY_SHIFT)
+    biased = _add_round_down(x, bias)
+    frac = x - (biased - bias)
+    a0, a1, a2 = EXP2_POLY_MONIC
+    p = ((frac + Float32(a2)) * frac + Float32(a1)) * frac + Float32(a0)
     return _scale_by_pow2(biased, p)

@@ -313,7 +313,9 @@ class AttnFwdConfigSm90:
     # sections]); False: one section (every head's longest tile in the first wave)
     l2_sections: bool = True
     # fused_scale_exp: every k-th score's exp2 on the FMA pipe instead of MUFU (Note
-    # [Polynomial exp2] in kernels/common/softmax.py); 0: all on MUFU
+    # [Polynomial exp2] in kernels/common/softmax.py); 0: all on MUFU. 16 with three
+    # consumer warpgroups (THREE_CONSUMER_WG); d128 gains nothing (H200 L8192: 16 even,
+    # 8 -5%), its MUFU time is half its block period
     exp2_poly_every: int = 0
     # Note [Row sum on the tensor core]: V^T gets ROWSUM_COLS extra rows of e4m3 1.0, so
     # the PV MMA also yields each row's sum of the e4m3 P (no FADDs in the softmax).
@@ -391,10 +393,13 @@ class AttnFwdConfigSm90:
 
 
 # Note [Three consumer warpgroups]: 160 registers need the PV(n-1) promotion before the
-# softmax; GEMM issue in round robin (ping-pong over three)
-THREE_CONSUMER_WG = dict(tile_m=192, mainloop_unroll=1, promote_before_softmax=True)
+# softmax; GEMM issue in round robin (ping-pong over three). d64 is exp-bound (MUFU
+# 1584 cycles per SMSP and KV block against 1212 issue slots), so every 16th score's
+# exp2 runs on the FMA pipe (1488 and 1296) (Note [Polynomial exp2]): H200 kernel only B4 H32 L8192
+# full 615 -> 648 TOPS, causal 578 -> 587 (perf/results/2026-12-02_h200_poly/ab_d64.txt)
+THREE_CONSUMER_WG = dict(tile_m=192, mainloop_unroll=1, promote_before_softmax=True, exp2_poly_every=16)
 # causal: shorter sequences lose to 192-row tiles' quantization (H100 d64 kernel only,
-# perf/causal_d64_ab.py: L1024 -8.5%, L2048 +6.5%, L8192 +8.5%, L16384 +9.5%)
+# perf/config_ab.py: L1024 -8.5%, L2048 +6.5%, L8192 +8.5%, L16384 +9.5%)
 THREE_CONSUMER_WG_MIN_CAUSAL_LQ = 2048
 
 

@@ -88,12 +88,17 @@ CONFIG_VARIANTS = {
     "poly4": (dict(exp2_poly_every=4), None),
     "poly8": (dict(exp2_poly_every=8), None),
     "poly3": (dict(exp2_poly_every=3), None),
+    "poly16": (dict(exp2_poly_every=16), None),
     "rowsum_fp32": (dict(rowsum_mma=False), None),  # Note [Row sum on the tensor core] off
     # Note [Three consumer warpgroups]: what tuned() picks for d64 non-causal per_thread
     "three_wg": (THREE_CONSUMER_WG, None),
     "three_wg_no_pingpong": (dict(THREE_CONSUMER_WG, wg_pingpong=False), None),
+    "three_wg_mufu": (dict(THREE_CONSUMER_WG, exp2_poly_every=0), None),  # every exp2 on MUFU
     "three_wg_poly8": (dict(THREE_CONSUMER_WG, exp2_poly_every=8), None),
     "three_wg_poly4": (dict(THREE_CONSUMER_WG, exp2_poly_every=4), None),
+    "three_wg_poly6": (dict(THREE_CONSUMER_WG, exp2_poly_every=6), None),
+    "three_wg_poly10": (dict(THREE_CONSUMER_WG, exp2_poly_every=10), None),
+    "three_wg_poly32": (dict(THREE_CONSUMER_WG, exp2_poly_every=32), None),
     "pf": (dict(promote_before_softmax=True), None),
 }
 
