@@ -186,8 +186,10 @@ def test_sageattn_smooth_q(case):
     assert vs_emu.rel_l1 <= max(0.1 * emu_exact.rel_l1, 2e-3), (vs_emu, emu_exact)
     emu_lse_err = (lse_emu - lse_exact).abs().max().item()
     # every row: a Q tail row sharing its scale with rows past Lq once widened it (the
-    # zero padding read as -q_mean), 1.0 off in the LSE of those rows only
-    assert (lse - lse_emu).abs().max() <= 1e-2, ((lse - lse_emu).abs().max(), emu_lse_err)
+    # zero padding read as -q_mean), 1.0 off in the LSE of those rows only. Without
+    # smooth_k the LSE error is large (~0.35 on outlier_q) and the Q-mean ulp above moves
+    # the kernel's by up to a few hundredths (0.009 and 0.020 in two runs of one case)
+    assert (lse - lse_emu).abs().max() <= max(1e-2, 0.1 * emu_lse_err), ((lse - lse_emu).abs().max(), emu_lse_err)
     assert (lse - lse_exact).abs().max() <= 1.5 * emu_lse_err + 0.02, ((lse - lse_exact).abs().max(), emu_lse_err)
     worst_row = ((o.float() - emu.float()).abs().amax(dim=-1) / emu.float().abs().amax(dim=-1).clamp_min(1e-3)).max()
     assert worst_row <= 0.03, worst_row  # ~2 bf16 steps; the bug above: 0.04

@@ -104,9 +104,16 @@ def test_sm90_vs_reference(case):
 def test_sm90_fused_q_vs_reference(case):
     """bf16/fp16 Q quantized inside the kernel: the same bounds, and the same bits as
     the kernel fed the reference quantizer's int8 Q and scales."""
+    import dataclasses
+
+    from sagecute.kernels.sm90.attn_fwd import AttnFwdConfigSm90
+
     fused = run_case(*case, fused_q=True, seed=1)
     _check(fused)
-    plain = run_case(*case, seed=1)
+    # the same exp2 arithmetic as the fused run's tuned config (Note [Polynomial exp2])
+    d, causal, lq, gran = case[0], case[1], case[2], case[9]
+    poly = AttnFwdConfigSm90.tuned(d, causal, gran, True, lq).exp2_poly_every
+    plain = run_case(*case, seed=1, config=dataclasses.replace(AttnFwdConfigSm90.default(d), exp2_poly_every=poly))
     assert torch.equal(fused["o"], plain["o"]), "fused Q quantization differs from the reference quantizer"
 
 
