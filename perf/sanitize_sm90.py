@@ -22,11 +22,12 @@ SHAPES = [
     (1, 4, 1, 130, 257, 128, True, "NHD", ""),
     (2, 4, 2, 257, 130, 64, True, "HND", ""),
     (1, 2, 2, 300, 300, 64, False, "NHD", ""),
+    (1, 2, 1, 2100, 2300, 64, True, "HND", ""),  # three consumer warpgroups, causal (Lq >= 2048)
     (1, 4, 2, 130, 2100, 128, False, "HND", "v"),  # smooth_v, 16 splits
     (2, 2, 2, 77, 300, 64, True, "NHD", "v"),
     (1, 4, 2, 130, 2100, 128, True, "HND", "q"),  # smooth_q: delta_s bulk copies, 16 splits
     (2, 2, 2, 77, 300, 128, False, "NHD", "q"),
-    (2, 2, 2, 77, 300, 64, False, "NHD", "q"),  # one-lane K release: 1 racecheck hazard (release_k)
+    (2, 2, 2, 77, 300, 64, False, "NHD", "q"),  # once 1 racecheck hazard: the one-lane K release (release_k)
 ]
 
 
