@@ -86,8 +86,8 @@ def row_max_int(row: cute.Tensor, num_partials: int = 8):
 # MUFU.EX2 issues one warp instruction per 8 cycles per SM sub-partition on Hopper (64
 # per thread and KV block in the sm90 kernel), so some of the exponentials can run on
 # the FMA pipe instead (the sm90 kernel's d64 three-warpgroup tile, every 16th score:
-# +5% at L8k on an H200; Note [Three consumer warpgroups]): 2^x = 2^floor(x) * 2^f, f in [0, 1), 2^floor(x) added into the
-# exponent bits. 2^f is 2^-4 * (f^3 + a2 f^2 + a1 f + a0): a cubic whose leading
+# +5% at L8k on an H200; Note [Three consumer warpgroups]). 2^x = 2^floor(x) * 2^f,
+# f in [0, 1), 2^floor(x) added into the exponent bits. 2^f is 2^-4 * (f^3 + a2 f^2 + a1 f + a0): a cubic whose leading
 # coefficient is fixed at 2^-4 (fitted minimax for this project, max relative error
 # 3.6e-4), so it evaluates as one FADD and two FFMAs that each take one immediate, and
 # the 2^-4 joins the exponent. A free cubic (error 0.8e-4) needs its leading coefficient

@@ -395,8 +395,9 @@ class AttnFwdConfigSm90:
 # Note [Three consumer warpgroups]: 160 registers need the PV(n-1) promotion before the
 # softmax; GEMM issue in round robin (ping-pong over three). d64 is exp-bound (MUFU
 # 1584 cycles per SMSP and KV block against 1212 issue slots), so every 16th score's
-# exp2 runs on the FMA pipe (1488 and 1296) (Note [Polynomial exp2]): H200 kernel only B4 H32 L8192
-# full 615 -> 648 TOPS, causal 578 -> 587 (perf/results/2026-12-02_h200_poly/ab_d64.txt)
+# exp2 runs on the FMA pipe (then 1488 and 1296; Note [Polynomial exp2]). H200 kernel
+# only, B4 H32 L8192: full 615 -> 648 TOPS, causal 578 -> 587
+# (perf/results/2026-12-02_h200_poly/ab_d64.txt)
 THREE_CONSUMER_WG = dict(tile_m=192, mainloop_unroll=1, promote_before_softmax=True, exp2_poly_every=16)
 # causal: shorter sequences lose to 192-row tiles' quantization (H100 d64 kernel only,
 # perf/config_ab.py: L1024 -8.5%, L2048 +6.5%, L8192 +8.5%, L16384 +9.5%)
