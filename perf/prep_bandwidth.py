@@ -36,6 +36,9 @@ def main():
     p.add_argument("--wg", default="auto",
                    help="warpgroups per K/V CTA to time, comma-separated ('auto': warpgroups_for; Note [Sub-splits]); "
                         "each other count's outputs are compared with the first one's")
+    p.add_argument("--ring", default="auto",
+                   help="cp.async slots per K/V split to time, comma-separated ('auto': ring_for, 0: the register "
+                        "path; Note [Block ring]); outputs compared with the first configuration's")
     p.add_argument("--L", default="1024,8192,16384")
     p.add_argument("--D", default="128,64")
     p.add_argument("--B", type=int, default=4)
@@ -43,9 +46,11 @@ def main():
     p.add_argument("--ncu-one", action="store_true", help="each (D, L) once after a warm-up call, no timing (for ncu)")
     args = p.parse_args()
     auto, auto_splits, shipped, auto_wg = kern.stash_for, kern.splits_for, quant_qkv.CACHE_HINTS, kern.warpgroups_for
+    auto_ring = kern.ring_for
 
-    def pin(stash: str, hints: str, wg: str) -> None:
-        """Plan the next calls with these stash / hints / warpgroups (``auto``: as shipped)."""
+    def pin(stash: str, hints: str, wg: str, ring: str = "auto") -> None:
+        """Plan the next calls with these stash / hints / warpgroups / ring (``auto``: as shipped)."""
+        kern.ring_for = auto_ring if ring == "auto" else (lambda *a, r=int(ring): r)
         splits, _, n = stash.rpartition("s")
         kern.splits_for = auto_splits if not splits else (lambda *a, c=int(splits): c)
         kern.stash_for = auto if n == "auto" else (lambda *a, n=int(n): n)
@@ -54,7 +59,7 @@ def main():
         kern._QKV_PLANS.clear()
 
     if args.ncu_one:  # the first --stash / --hints / --wg value
-        pin(args.stash.split(",")[0], args.hints.split(",")[0], args.wg.split(",")[0])
+        pin(args.stash.split(",")[0], args.hints.split(",")[0], args.wg.split(",")[0], args.ring.split(",")[0])
         for d in (int(x) for x in args.D.split(",")):
             for length in (int(x) for x in args.L.split(",")):
                 q, k, v = (torch.randn(args.B, args.H, length, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
@@ -71,22 +76,23 @@ def main():
             q, k, v = (torch.randn(args.B, args.H, length, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
             traffic = (k.numel() + v.numel()) * 3  # bf16 in, 1-byte out
             first = None
-            for stash in args.stash.split(","):
-                for hints in args.hints.split(","):
-                    for wg in args.wg.split(","):
-                        pin(stash, hints, wg)
-                        us = graph_ms(lambda: kern.quantize_qkv_cute(q, k, v, GRAN, True, with_q=False)) * 1e3
-                        tbs = traffic / us / 1e6
-                        outs = kern.quantize_qkv_cute(q, k, v, GRAN, True, with_q=False)
-                        if first is None:
-                            first, same = outs, ""
-                        else:
-                            diff = [int((a.view(torch.uint8) != b.view(torch.uint8)).sum())
-                                    if a.element_size() == 1 else int((a != b).sum())
-                                    for a, b in zip(first, outs) if a is not None]
-                            same = f" differing elements vs the first (k8 ks km v8 vs): {diff}"
-                        print(f"  D{d} L{length:6d} stash {stash:4s} hints {hints:9s} wg {wg:4s}: {us:8.1f} us "
-                              f"{tbs:5.2f} TB/s = {tbs / copy_tbs:4.0%} of copy{same}", flush=True)
+            configs = [(s, h, w, r) for s in args.stash.split(",") for h in args.hints.split(",")
+                       for w in args.wg.split(",") for r in args.ring.split(",")]
+            for stash, hints, wg, ring in configs:
+                pin(stash, hints, wg, ring)
+                us = graph_ms(lambda: kern.quantize_qkv_cute(q, k, v, GRAN, True, with_q=False)) * 1e3
+                tbs = traffic / us / 1e6
+                outs = kern.quantize_qkv_cute(q, k, v, GRAN, True, with_q=False)
+                if first is None:
+                    first, same = outs, ""
+                else:
+                    diff = [int((a.view(torch.uint8) != b.view(torch.uint8)).sum())
+                            if a.element_size() == 1 else int((a != b).sum())
+                            for a, b in zip(first, outs) if a is not None]
+                    same = f" differing elements vs the first (k8 ks km v8 vs): {diff}"
+                print(f"  D{d} L{length:6d} stash {stash:4s} hints {hints:9s} wg {wg:4s} ring {ring:4s}: "
+                      f"{us:8.1f} us "
+                      f"{tbs:5.2f} TB/s = {tbs / copy_tbs:4.0%} of copy{same}", flush=True)
             pin("auto", "default", "auto")
 
 

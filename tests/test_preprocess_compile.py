@@ -18,7 +18,8 @@ def test_compile_quick_set(arch):
     from sagecute.preprocess.kernels import compile_all_preprocess, tvm_ffi_available
 
     results = compile_all_preprocess(arch, quick=True)
-    assert len(results) == 8 + (17 if tvm_ffi_available() else 0)  # 17: with the sub-split K/V kernel
+    # 19: with the sub-split K/V kernel and the two cp.async ring ones
+    assert len(results) == 8 + (19 if tvm_ffi_available() else 0)
     bad = [(r.name, r.problem) for r in results if not r.ok]
     assert not bad, bad
 
@@ -45,7 +46,10 @@ def test_ptx_uses_exact_arithmetic(tmp_path):
         assert ptx["div.approx"] == 0 and ptx["div.full"] == 0, name
         assert ptx["div.rn.f32"] >= 1, name
         assert ptx[".local"] == 0, f"{name}: local memory (spills or stack arrays)"
-        assert ptx["ld.global.v4"] >= 1, f"{name}: no 16-byte loads"
+        if name.startswith(("quant_kv16r2", "quant_kv16r4")):  # Note [Block ring]: 16-byte cp.async
+            assert ptx["cp.async.cg.shared.global"] >= 16, f"{name}: no 16-byte async copies"
+        else:
+            assert ptx["ld.global.v4"] >= 1, f"{name}: no 16-byte loads"
         if "int8" in name:
             assert ptx["cvt.rni.sat.s8.f32"] >= 8 and ptx["st.global.v2"] >= 1, name
         if "v_fp8" in name:
@@ -99,6 +103,10 @@ def test_rejects_unsupported_configs():
         with pytest.raises(ValueError, match="warpgroups"):
             QuantizeQKV(cutlass.BFloat16, 128, QuantGranularity.PER_THREAD, True, SM90_GEOMETRY, 16, with_q, 1,
                         warpgroups=warpgroups)
+    for stash, ring in ((0, 1), (1, 2)):  # Note [Block ring]: 2-4 slots, instead of the stash
+        with pytest.raises(ValueError, match="ring"):
+            QuantizeQKV(cutlass.BFloat16, 128, QuantGranularity.PER_THREAD, True, SM90_GEOMETRY, 16, False, stash,
+                        ring=ring)
 
 
 def test_split_plan_per_length():
@@ -113,3 +121,12 @@ def test_split_plan_per_length():
         plans[lk] = (s, w, stash_for(lk, s, 128, w))
     assert plans == {1: (8, 1, 0), 1024: (8, 1, 0), 2048: (16, 1, 0), 4096: (16, 1, 1), 8192: (16, 1, 1),
                      16383: (16, 2, 1), 16384: (16, 2, 1), 65536: (16, 2, 1)}
+    # Note [Block ring]: cp.async slots per (Lk, head_dim); the plan drops the stash and
+    # sub-splits where there is a ring
+    from sagecute.kernels.common.quant_qkv import ring_for
+
+    lengths = (1024, 4096, 6144, 8192, 16383, 16384)
+    rings = {(lk, d): ring_for(lk, d, splits_for(lk)) for lk in lengths for d in (64, 128)}
+    assert rings == {(1024, 64): 0, (1024, 128): 0, (4096, 64): 0, (4096, 128): 0, (6144, 64): 0, (6144, 128): 2,
+                     (8192, 64): 0, (8192, 128): 2, (16383, 64): 4, (16383, 128): 0, (16384, 64): 4,
+                     (16384, 128): 0}

@@ -121,6 +121,18 @@ def launch_path(request):
     kern.set_launch_path(None)
 
 
+@pytest.fixture(params=[0, 2, 4], ids=lambda r: f"ring{r}")
+def block_ring(request, monkeypatch):
+    """Note [Block ring] in quant_qkv.py: the one-launch K/V kernel with straight loads
+    (0, sub-splits where ``warpgroups_for`` picks them) and with a cp.async ring of 2
+    and 4 slots (what ``ring_for`` ships), at every case's length."""
+    kern = _kernels()
+    monkeypatch.setattr(kern, "ring_for", lambda *a: request.param)
+    kern._QKV_PLANS.clear()
+    yield request.param
+    kern._QKV_PLANS.clear()
+
+
 # --------------------------------------------------------------------------
 # Q and K INT8
 # --------------------------------------------------------------------------
@@ -291,6 +303,8 @@ QKV_CASES = [
     # Note [Stashed blocks]: 6 and 4 blocks per split, one of them from smem
     (1, 4, 2, 300, 12000, 128, BF16, "HND", T, True, "outlier"),
     (1, 2, 2, 64, 8192, 64, FP16, "HND", W, True, "randn"),
+    # 9 blocks per split: sub-splits (ring 0), or a ring refilled with re-reads
+    (1, 2, 1, 33, 16500, 64, BF16, "NHD", T, True, "outlier"),
 ]
 
 
@@ -300,7 +314,7 @@ def _qkv_id(c):
 
 
 @pytest.mark.parametrize("case", QKV_CASES, ids=_qkv_id)
-def test_qkv_one_launch_matches_reference(case):
+def test_qkv_one_launch_matches_reference(case, block_ring):
     """quant_qkv.py: Q, K, V in one launch == the reference quantizers (K given the
     kernel's own mean, which is within one ulp of torch's: Note [Split K mean])."""
     b, hq, hkv, lq, lk, d, dtype, layout, gran, smooth_k, kind = case
@@ -356,7 +370,7 @@ SMOOTH_V_CASES = [
 
 @pytest.mark.parametrize("case", SMOOTH_V_CASES, ids=lambda c: f"b{c[0]}h{c[1]}-l{c[2]}-d{c[3]}-{str(c[4])[6:]}-"
                          f"{c[5]}-{c[6]}{'-q' if c[7] else ''}")
-def test_qkv_smooth_v_matches_reference(case):
+def test_qkv_smooth_v_matches_reference(case, block_ring):
     """Note [V mean] (quant_qkv.py): V minus the kernel's fp32 mean == the reference
     quantizer given that mean; the mean within rounding of torch's; K unchanged."""
     b, hkv, lk, d, dtype, layout, kind, with_q = case
@@ -402,7 +416,7 @@ SMOOTH_Q_CASES = [
 
 @pytest.mark.parametrize("case", SMOOTH_Q_CASES, ids=lambda c: f"b{c[0]}h{c[1]}/{c[2]}-lq{c[3]}-lk{c[4]}-d{c[5]}-"
                          f"{str(c[6])[6:]}-{c[7]}{'' if c[8] else '-plain'}")
-def test_qkv_smooth_q_delta_s(case):
+def test_qkv_smooth_q_delta_s(case, block_ring):
     """Note [delta_s in the K pass]: with Q's mean the K/V kernel also writes
     delta_s = q_mean . (k - k_mean) per (q head, key), equal to the reference's up to
     summation order, and leaves every other output as without it."""

@@ -48,7 +48,7 @@ from ..kernels.common.quant_fp8 import QuantizeVFp8
 from ..kernels.common.quant_int8 import QuantizeInt8
 from ..kernels.common.quant_kmean import KMean
 from ..kernels.common import quant_qkv
-from ..kernels.common.quant_qkv import QuantizeQKV, splits_for, stash_for, warpgroups_for
+from ..kernels.common.quant_qkv import QuantizeQKV, ring_for, splits_for, stash_for, warpgroups_for
 from ..launch_path import LaunchPath, tvm_ffi_available
 from ..plan_cache import cached_plan
 from ..quant_layout import FP8_E4M3_MAX, SM90_GEOMETRY, QuantGeometry, QuantGranularity
@@ -182,10 +182,11 @@ def _compile_v_fp8_ffi(dtype, head_dim: int, geom: QuantGeometry, arch, extra: s
 @functools.cache
 def _compile_qkv_ffi(
     dtype, head_dim: int, gran: QuantGranularity, smooth_k: bool, geom: QuantGeometry, splits: int, with_q: bool,
-    stash: int, smooth_v: bool, smooth_q: bool, warpgroups: int, arch, extra="", cache_hints: Optional[str] = None,
+    stash: int, smooth_v: bool, smooth_q: bool, warpgroups: int, ring: int, arch, extra="",
+    cache_hints: Optional[str] = None,
 ):  # fmt: skip
     op = QuantizeQKV(dtype, head_dim, gran, smooth_k, geom, splits, with_q, stash, smooth_v, cache_hints, smooth_q,
-                     warpgroups)
+                     warpgroups, ring)
     return cute.compile(
         op,
         _fake_in(dtype, head_dim) if with_q else None, _fake_in(dtype, head_dim), _fake_in(dtype, head_dim),
@@ -243,25 +244,32 @@ def preprocess_variants(
                     # with a stashed block (Note [Stashed blocks]); the other (splits,
                     # stash) pairs of splits_for / stash_for compile on first use
                     yield (f"quant_kv-{name}-d{d}-{gran.value}-ffi", _compile_qkv_ffi,
-                           (dtype, d, gran, True, geom, 8, False, 0, False, False, 1))  # fmt: skip
+                           (dtype, d, gran, True, geom, 8, False, 0, False, False, 1, 0))  # fmt: skip
                     yield (f"quant_kv16s1-{name}-d{d}-{gran.value}-ffi", _compile_qkv_ffi,
-                           (dtype, d, gran, True, geom, 16, False, 1, False, False, 1))  # fmt: skip
+                           (dtype, d, gran, True, geom, 16, False, 1, False, False, 1, 0))  # fmt: skip
                 # Note [Sub-splits]: the API's from L16k on
                 yield (f"quant_kv16s1w2-{name}-d{d}-{grans[-1].value}-ffi", _compile_qkv_ffi,
-                       (dtype, d, grans[-1], True, geom, 16, False, 1, False, False, 2))  # fmt: skip
+                       (dtype, d, grans[-1], True, geom, 16, False, 1, False, False, 2, 0))  # fmt: skip
+                # Note [Block ring]: the API's cp.async ring (2 slots at head_dim 128, 4 at 64)
+                # and the ring without a mean
+                ring = 2 if d == 128 else 4
+                yield (f"quant_kv16r{ring}-{name}-d{d}-{grans[-1].value}-ffi", _compile_qkv_ffi,
+                       (dtype, d, grans[-1], True, geom, 16, False, 0, False, False, 1, ring))  # fmt: skip
+                yield (f"quant_kv16r{ring}_nosmooth-{name}-d{d}-{grans[-1].value}-ffi", _compile_qkv_ffi,
+                       (dtype, d, grans[-1], False, geom, 16, False, 0, False, False, 1, ring))  # fmt: skip
                 yield (f"quant_qkv-{name}-d{d}-{grans[-1].value}-ffi", _compile_qkv_ffi,
-                       (dtype, d, grans[-1], True, geom, 8, True, 0, False, False, 1))  # fmt: skip
+                       (dtype, d, grans[-1], True, geom, 8, True, 0, False, False, 1, 0))  # fmt: skip
                 yield (f"quant_kv_nosmooth-{name}-d{d}-{grans[-1].value}-ffi", _compile_qkv_ffi,
-                       (dtype, d, grans[-1], False, geom, 8, False, 0, False, False, 1))  # fmt: skip
+                       (dtype, d, grans[-1], False, geom, 8, False, 0, False, False, 1, 0))  # fmt: skip
                 # smooth_v (Note [V mean]): both split counts, a stashed block with 16
                 for splits, stash in ((8, 0), (16, 1)):
                     yield (f"quant_kv{splits}s{stash}_smoothv-{name}-d{d}-{grans[-1].value}-ffi", _compile_qkv_ffi,
-                           (dtype, d, grans[-1], True, geom, splits, False, stash, True, False, 1))  # fmt: skip
+                           (dtype, d, grans[-1], True, geom, splits, False, stash, True, False, 1, 0))  # fmt: skip
                 # smooth_q (Note [delta_s in the K pass]): both split counts
                 for splits, stash in ((8, 0), (16, 1)):
                     yield (f"quant_kv{splits}s{stash}_smoothq-{name}-d{d}-{grans[-1].value}-ffi",
                            _compile_qkv_ffi,
-                           (dtype, d, grans[-1], True, geom, splits, False, stash, False, True, 1))  # fmt: skip
+                           (dtype, d, grans[-1], True, geom, splits, False, stash, False, True, 1, 0))  # fmt: skip
                 for gran in grans:
                     tag = f"{name}-d{d}-{gran.value}-ffi"
                     yield f"quant_q_int8-{tag}", _compile_int8_ffi, (dtype, d, gran, False, False, geom)
@@ -273,7 +281,7 @@ def preprocess_variants(
 # PTX each preprocessing kernel is expected to contain (Note [Bit-exact
 # quantizer arithmetic]); counted when compile_all_preprocess keeps artifacts.
 PTX_MARKERS = ("div.rn.f32", "div.approx", "div.full", "cvt.rni.sat.s8.f32", "cvt.rn.satfinite.e4m3x2.f32",
-               "ld.global.v4", "st.global.v4", "st.global.v2", ".local")
+               "ld.global.v4", "st.global.v4", "st.global.v2", ".local", "cp.async.cg.shared.global")
 
 
 def compile_all_preprocess(arch: str, out_dir: str | None = None, quick: bool = False) -> list[PreprocessCompileResult]:
@@ -566,11 +574,15 @@ def _qkv_plan(
     compile_args = None
     if fused_qkv_supported(q, k, v, geom):
         splits = splits_for(lk, geom.blk_k)
+        # Note [Block ring]: K and V only (the Q role's CTAs would share the ring's smem
+        # size), and not measured with smooth_v, which keeps the register path
+        ring = 0 if with_q or smooth_v else ring_for(lk, d, splits, geom.blk_k)
         # Note [Sub-splits]: K and V only (the Q role keeps one block per CTA), not with
-        # smooth_v (~140 registers: one 256-thread CTA per SM)
-        wgs = 1 if with_q or smooth_v else warpgroups_for(lk, splits, geom.blk_k)
+        # smooth_v (~140 registers: one 256-thread CTA per SM) nor with a ring
+        wgs = 1 if with_q or smooth_v or ring else warpgroups_for(lk, splits, geom.blk_k)
+        stash = 0 if ring else stash_for(lk, splits, geom.blk_k, wgs)
         compile_args = (_TORCH_TO_CUTE[q.dtype], d, gran, bool(smooth_k), geom, splits, with_q,
-                        stash_for(lk, splits, geom.blk_k, wgs), bool(smooth_v), bool(smooth_q), wgs, None)  # fmt: skip
+                        stash, bool(smooth_v), bool(smooth_q), wgs, ring, None)  # fmt: skip
     return _QkvPlan(compile_args, shapes, all(_strides_aligned(t) for t in (q, k, v)))
 
 

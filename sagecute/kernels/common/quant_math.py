@@ -1,5 +1,5 @@
 """Scalar PTX helpers shared by the quantizers (IEEE division, RNE rounding, e4m3
-packing, bf16/fp16 -> fp32 widening, global vector load/store views, DSMEM loads)
+packing, bf16/fp16 -> fp32 widening, global vector load/store views, per-thread async copies, DSMEM loads)
 and the sm90 kernel's Q quantization (``recompute_here``).
 
 Note [Bit-exact quantizer arithmetic]
@@ -175,6 +175,26 @@ def gmem_store(ptr: cute.Pointer, offset: Int64, val: cute.TensorSSA, cop: Optio
         gmem_vec(ptr, offset, n, n).store(val)
     else:
         cute.arch.store(ptr + cute.assume(offset, divby=n), val.ir_value(), cop=cop)
+
+
+@dsl_user_op
+def cp_async_16b(dst: cute.Pointer, src: cute.Pointer, valid, policy: Optional[str] = None, *, loc=None,
+                 ip=None) -> None:
+    """16 bytes from global ``src`` to shared ``dst`` without waiting (``cp.async.cg``,
+    one commit group per ``cute.arch.cp_async_commit_group``); zeros where not
+    ``valid`` (source size 0: nothing is read, but ``src`` must still be an address
+    of the tensor). ``policy``: an L2 eviction policy ("evict_last", "evict_first")
+    through ``.L2::cache_hint``, or the default caching (None)."""
+    dst_addr = Int32(dst.toint(loc=loc, ip=ip)).ir_value(loc=loc, ip=ip)
+    src_addr = Int64(src.toint(loc=loc, ip=ip)).ir_value(loc=loc, ip=ip)
+    src_bytes = cutlass.select_(valid, Int32(16), Int32(0)).ir_value(loc=loc, ip=ip)
+    if policy is None:
+        ptx = "cp.async.cg.shared.global [$0], [$1], 16, $2;"
+    else:
+        ptx = (f"{{\n\t.reg .b64 pol;\n\tcreatepolicy.fractional.L2::{policy}.b64 pol, 1.0;\n\t"
+               "cp.async.cg.shared.global.L2::cache_hint [$0], [$1], 16, $2, pol;\n\t}")
+    # side-effecting: it writes shared memory the compiler does not see
+    llvm.inline_asm(None, [dst_addr, src_addr, src_bytes], ptx, "r,l,r", has_side_effects=True, is_align_stack=False)
 
 
 @dsl_user_op

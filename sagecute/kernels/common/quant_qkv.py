@@ -57,6 +57,24 @@ only on ``part`` (registers), so no lane selects data. A warp's loads still read
 128-byte rows, its stores 32 contiguous bytes (two groups) of 16 rows; the lanes of a
 channel vector still differ only in the bits ``reduce_columns`` reduces over.
 
+Note [Block ring]
+----------------
+With ``ring`` R > 0 a K/V split's blocks reach registers through shared memory instead
+of straight loads: each thread ``cp.async``-copies its own 16-byte vectors of a block
+into its part of one of R slots (the stash's layout), so no barrier guards a slot, only
+the thread's own ``cp.async.wait_group R - 1``; every step commits exactly one group
+(empty where there is nothing to copy), so "the block needed now" is always the group
+R - 1 steps back. Pass 1 starts with blocks 0 .. R-1 in flight and refills block
+``i``'s slot with block ``i + R`` once it has reduced ``i``, so R blocks are always on
+their way while one is reduced, at no register cost. The last R blocks stay in their
+slots for pass 2 (the last one also in registers); pass 2 refills the slot it has just
+quantized with the next block to re-read (``b - R`` after ``b``), and the first re-read
+goes out while the cluster exchanges its statistics (``gather_splits``'s
+``while_waiting``, after the releasing arrive: that one waits for the thread's
+outstanding memory accesses). Every slot is rewritten only after the values read from
+it were used, so the ``ld.shared`` has completed. The K stream without a mean runs
+pass 1's loop with quantization as its body. Values are those of the register path.
+
 Note [V mean]
 -------------
 With ``smooth_v`` V is quantized minus its per-channel sequence mean (fp32, ``sum /
@@ -135,6 +153,7 @@ result beyond that (any per-head constant is an exact smoothing).
 
 from __future__ import annotations
 
+import functools
 from typing import Optional, Type
 
 import cuda.bindings.driver as cuda
@@ -147,14 +166,17 @@ from ...quant_layout import QuantGeometry, QuantGranularity
 from .quant_fp8 import GROUP, NUM_THREADS, NUM_WARPS, VEC, QuantizeVFp8, channel_inv
 from .quant_int8 import QuantizeInt8
 from .quant_math import (
-    div_rn, gmem_load, gmem_store, gmem_vec, ld_shared_cluster_f32, pack_e4m3x4, prmt, warp_max_bfly, warp_sum_bfly,
+    cp_async_16b, div_rn, gmem_load, gmem_store, gmem_vec, ld_shared_cluster_f32, pack_e4m3x4, prmt, warp_max_bfly,
+    warp_sum_bfly,
     widen_row,
 )
 
-SPLIT_CHOICES = (8, 16)  # K/V splits per (batch, head) = cluster size; 16 is non-portable
+SPLIT_CHOICES = (8, 16, 4)  # K/V splits per (batch, head) = cluster size; 16 is non-portable, 4 an A/B option
 
 
 STASH_CHOICES = (0, 1)  # blocks a split keeps in smem between its passes (Note [Stashed blocks])
+
+RING_CHOICES = (0, 2, 3, 4)  # cp.async slots per K/V (sub-)split, 0: loads into registers (Note [Block ring])
 
 # warpgroups per K/V CTA, each a sub-split of its own (Note [Sub-splits])
 WARPGROUP_CHOICES = (1, 2)
@@ -182,6 +204,17 @@ def stash_for(seqlen_k: int, splits: int, blk: int = 128, warpgroups: int = 1) -
 SUB_SPLIT_MIN_BLOCKS = 8
 
 
+def ring_for(seqlen_k: int, head_dim: int, splits: int, blk: int = 128) -> int:
+    """Note [Block ring]: cp.async slots per K/V split (0: the register path), where
+    the H200 measured a gain: head_dim 128 with 3 to 7 blocks per split (2 slots: 3
+    CTAs per SM), head_dim 64 from 8 on (4 slots, instead of sub-splits)."""
+    n_blocks = -(-seqlen_k // blk)
+    blocks_per_split = -(-n_blocks // splits)
+    if head_dim == 128:
+        return 2 if 3 <= blocks_per_split < SUB_SPLIT_MIN_BLOCKS else 0
+    return 4 if blocks_per_split >= SUB_SPLIT_MIN_BLOCKS else 0
+
+
 def warpgroups_for(seqlen_k: int, splits: int, blk: int = 128) -> int:
     """Note [Sub-splits]: warpgroups per K/V CTA for ``seqlen_k``."""
     n_blocks = -(-seqlen_k // blk)
@@ -207,11 +240,15 @@ class QuantizeQKV:
         cache_hints: Optional[str] = None,
         smooth_q: bool = False,
         warpgroups: int = 1,
+        ring: int = 0,
     ):
         if (not self.can_implement(dtype, head_dim, geom) or splits not in SPLIT_CHOICES or stash not in STASH_CHOICES
-                or warpgroups not in WARPGROUP_CHOICES or (with_q and warpgroups > 1)):
+                or warpgroups not in WARPGROUP_CHOICES or (with_q and warpgroups > 1) or ring not in RING_CHOICES
+                or (ring and stash)):
             raise ValueError(f"unsupported fused QKV quantizer config: {dtype}, head_dim={head_dim}, {geom}, "
-                             f"splits={splits}, stash={stash}, warpgroups={warpgroups}, with_q={with_q}")
+                             f"splits={splits}, stash={stash}, warpgroups={warpgroups}, with_q={with_q}, ring={ring}")
+        # Note [Block ring]: K/V blocks through R cp.async slots (0: straight loads)
+        self.ring = ring
         # Note [Sub-splits]: each warpgroup of a K/V CTA is a split of its own
         self.warpgroups = warpgroups
         self.sub_splits = splits * warpgroups
@@ -248,6 +285,11 @@ class QuantizeQKV:
         # Note [Stashed blocks]: slots of (VEC, stash_rows) vectors per thread
         self.stash = stash
         self.stash_rows = max(self.k_quant.rows_per_thread, self.v_rows)
+        # smem slots of that shape: the stash's or the ring's
+        self.slots = ring or stash
+        if ring and head_dim == 128:
+            # the ring's smem, not registers, bounds the CTAs per SM: let ptxas use what they leave
+            self.min_ctas_per_sm = max(1, min(4, (227 * 1024) // (self.smem_bytes() + 1024)))
         hints = set((CACHE_HINTS if cache_hints is None else cache_hints).split("+")) - {""}
         if hints - {"st", "rr", "p1", "el"}:
             raise ValueError(f"unknown cache hints {hints}")
@@ -256,9 +298,12 @@ class QuantizeQKV:
         # p1 / el load pass 1's blocks through two branches (read once or re-read): only
         # with a stashed block, where a split has several blocks; without one the D128
         # K/V kernel spills at its 128-register cap, and smooth_v grows by ~30 registers
-        per_block = stash > 0 and not smooth_v
+        per_block = (stash > 0 or ring > 0) and not smooth_v
         self.once_cop = "cs" if "p1" in hints and per_block else None
         self.keep_cop = "evict_last" if "el" in hints and per_block else None
+        # Note [Block ring]: the ring's copies take an L2 policy, not a cache operator
+        self.ring_once_policy = "evict_first" if hints & {"p1", "rr"} else None
+        self.ring_keep_policy = "evict_last" if "el" in hints else None
 
     @staticmethod
     def can_implement(dtype, head_dim: int, geom: QuantGeometry) -> bool:
@@ -314,7 +359,7 @@ class QuantizeQKV:
 
     def smem_bytes(self) -> int:
         d, n, w = self.head_dim, self.num_stats(), self.warpgroups
-        stash = w * self.stash * NUM_THREADS * self.stash_rows * VEC * self.dtype.width // 8
+        stash = w * self.slots * NUM_THREADS * self.stash_rows * VEC * self.dtype.width // 8
         mean = d * self.dtype.width // 8
         return w * 3 * self.blk * 4 + d * w * NUM_WARPS * 4 * n + (n + 2) * d * 4 + mean + 6 * 16 + stash + 16
 
@@ -359,13 +404,13 @@ class QuantizeQKV:
         s_chan = smem.allocate_tensor(Float32, cute.make_layout((self.head_dim, 2)), byte_alignment=16)
         s_mean = smem.allocate_tensor(self.dtype, cute.make_layout(self.head_dim), byte_alignment=16)
         s_stash = None
-        if const_expr(self.stash > 0):
+        if const_expr(self.slots > 0):
             # (vector element, row, thread, slot[, warpgroup]): a thread's 16-byte vectors,
             # warps contiguous
             rows, slot = self.stash_rows, NUM_THREADS * self.stash_rows * VEC
-            shape, stride = (VEC, rows, NUM_THREADS, self.stash), (1, NUM_THREADS * VEC, VEC, slot)
+            shape, stride = (VEC, rows, NUM_THREADS, self.slots), (1, NUM_THREADS * VEC, VEC, slot)
             if const_expr(self.warpgroups > 1):
-                shape, stride = shape + (self.warpgroups,), stride + (slot * self.stash,)
+                shape, stride = shape + (self.warpgroups,), stride + (slot * self.slots,)
             s_stash = smem.allocate_tensor(self.dtype, cute.make_layout(shape, stride=stride), byte_alignment=16)
             if const_expr(self.warpgroups > 1):
                 s_stash = s_stash[None, None, None, None, wg]
@@ -416,43 +461,74 @@ class QuantizeQKV:
         rX = cute.make_rmem_tensor(cute.make_layout((VEC, self.k_quant.rows_per_thread)), self.dtype)
         mean_f32 = cute.make_rmem_tensor(cute.make_layout(VEC), Float32)
         mean_f32.fill(0.0)
+        bh = Int64(batch) * Int64(mK.shape[1]) + Int64(head)
+        k8 = cute.recast_ptr(mK8.iterator, dtype=Int32)
+        # block i of the (sub-)split: loaded into rX, copied into a slot, quantized from rX
+        # (partials, not closures: a staged loop cannot call a closure over dynamic values)
+        load_block = functools.partial(self.k_load_block, rX, mK.iterator, base, stride_l, sub, seqlen, t)
+        copy_block = functools.partial(self.k_copy_block, mK.iterator, base, stride_l, sub, seqlen, t)
+        quantize_block = functools.partial(self.k_quantize_block, rX, mean_f32, k8, mKs.iterator, bh, seqlen, t, sub,
+                                           s_block, mQm, mDelta, mK.shape[1], batch, head, sync)
+
         if const_expr(self.smooth_k):
             # pass 1: column sums of the split's blocks (Note [Split K mean])
             acc = cute.make_rmem_tensor(cute.make_layout(VEC), Float32)
             acc.fill(0.0)
+            self.ring_fill(copy_block, n_mine, s_stash, t)
             for i in cutlass.range(n_mine):
-                self.pass1_load(
-                    lambda cop, i=i: self.k_quant.load_rows(rX, mK.iterator, base, stride_l,
-                                                            sub + i * self.sub_splits, seqlen, t, cop),
-                    i, n_mine,
-                )  # fmt: skip
+                self.pass1_block(load_block, rX, s_stash, i, n_mine, t)
                 for r in cutlass.range_constexpr(self.k_quant.rows_per_thread):
                     for e, x in enumerate(widen_row(rX[None, r])):
                         acc[e] = acc[e] + x
-                self.stash_store(rX, s_stash, i, n_mine, t)
+                self.pass1_done(copy_block, rX, s_stash, i, n_mine, t)
             self.reduce_columns([acc], (False,), tid, s_warp, s_split)
-            total = self.gather_splits(s_split, tid, (False,))[0]
+            total = self.gather_splits(
+                s_split, tid, (False,), lambda: self.ring_first_reread(copy_block, n_mine, s_stash, t)
+            )[0]
             self.publish_mean(total, seqlen, mKm, batch, head, split, tid, s_mean)
             col = self.k_quant.col(t)
             for e in cutlass.range_constexpr(VEC):
                 mean_f32[e] = s_mean[col + e].to(Float32)
-        # pass 2, last loaded first (it is still in rX)
-        bh = Int64(batch) * Int64(mK.shape[1]) + Int64(head)
-        k8 = cute.recast_ptr(mK8.iterator, dtype=Int32)
-        for j in cutlass.range(n_mine):
-            blk_idx = sub + (n_mine - 1 - j) * self.sub_splits
-            if const_expr(self.smooth_k):
+            # pass 2, last loaded first (it is still in rX)
+            for j in cutlass.range(n_mine):
+                i = n_mine - 1 - j
                 if j > 0:
-                    if not self.stash_load(rX, s_stash, n_mine - 1 - j, t):
-                        self.k_quant.load_rows(rX, mK.iterator, base, stride_l, blk_idx, seqlen, t, self.reread_cop)
-            else:
-                self.k_quant.load_rows(rX, mK.iterator, base, stride_l, blk_idx, seqlen, t, self.once_cop)
-            self.k_quant.quantize_rows(rX, mean_f32, k8, mKs.iterator, bh, blk_idx, seqlen, t, s_block,
-                                       self.store_cop, sync)
-            if const_expr(self.smooth_q):
-                self.delta_rows(rX, mean_f32, mQm, mDelta, mQm.shape[1] // mK.shape[1], batch, head, blk_idx, t)
-        if const_expr(self.smooth_k):
+                    self.pass2_block(load_block, rX, s_stash, i, t)
+                quantize_block(i)
+                if j > 0:
+                    self.pass2_done(copy_block, i, s_stash, t)
             cute.arch.cluster_wait()  # no CTA leaves while another still reads its s_split
+        elif const_expr(self.ring > 0):
+            # no mean: one pass, blocks in order through the ring (Note [Block ring])
+            self.ring_fill(copy_block, n_mine, s_stash, t, rereads=False)
+            for i in cutlass.range(n_mine):
+                self.ring_take(rX, s_stash, i, t)
+                quantize_block(i)
+                self.pass1_done(copy_block, rX, s_stash, i, n_mine, t, rereads=False)
+        else:
+            for j in cutlass.range(n_mine):
+                load_block(n_mine - 1 - j, self.once_cop)
+                quantize_block(n_mine - 1 - j)
+
+    @cute.jit
+    def k_load_block(self, rX, x, base, stride_l, sub, seqlen, t, i, cop: cutlass.Constexpr):
+        self.k_quant.load_rows(rX, x, base, stride_l, sub + i * self.sub_splits, seqlen, t, cop)
+
+    @cute.jit
+    def k_copy_block(self, x, base, stride_l, sub, seqlen, t, i, dst, policy: cutlass.Constexpr):
+        row0 = (sub + i * self.sub_splits) * self.blk + t // self.k_quant.threads_per_row
+        self.copy_rows_async(dst, x, base + Int64(self.k_quant.col(t)), stride_l, row0, self.k_quant.rows_per_pass,
+                             self.k_quant.rows_per_thread, seqlen, policy)
+
+    @cute.jit
+    def k_quantize_block(
+        self, rX, mean_f32, k8, ks, bh, seqlen, t, sub, s_block, mQm, mDelta, hkv, batch, head, sync: cutlass.Constexpr,
+        i,
+    ):  # fmt: skip
+        blk_idx = sub + i * self.sub_splits
+        self.k_quant.quantize_rows(rX, mean_f32, k8, ks, bh, blk_idx, seqlen, t, s_block, self.store_cop, sync)
+        if const_expr(self.smooth_q):
+            self.delta_rows(rX, mean_f32, mQm, mDelta, mQm.shape[1] // hkv, batch, head, blk_idx, t)
 
     @cute.jit
     def v_split(
@@ -480,13 +556,17 @@ class QuantizeQKV:
         stats[0].fill(0.0)  # amax, or smooth_v's sum
         for extreme in stats[1:]:
             extreme.fill(-Float32.inf)
+
+        # block i of the (sub-)split: loaded into rX, copied into a slot (partials, as k_split's)
+        load_block = functools.partial(self.v_load_block, rX, mV.iterator, base, stride_l, sub, group_in_block, seqlen,
+                                       part)
+        copy_block = functools.partial(self.v_copy_block, mV.iterator, base, stride_l, sub, group_in_block, seqlen,
+                                       part)
+
+        self.ring_fill(copy_block, n_mine, s_stash, t)
         for i in cutlass.range(n_mine):
-            group = (sub + i * self.sub_splits) * self.groups_per_block + group_in_block
-            self.pass1_load(
-                lambda cop, group=group: self.v_quant.load_group(rX, mV.iterator, base, stride_l, group, seqlen, part,
-                                                                 cop),
-                i, n_mine,
-            )  # fmt: skip
+            group = self.v_group(sub, group_in_block, i)
+            self.pass1_block(load_block, rX, s_stash, i, n_mine, t)
             for j in cutlass.range_constexpr(self.v_rows):
                 if const_expr(self.smooth_v):
                     v_sum, v_max, v_nmin = stats
@@ -500,10 +580,11 @@ class QuantizeQKV:
                     amax = stats[0]
                     for e, x in enumerate(widen_row(rX[None, j])):
                         amax[e] = cute.arch.fmax(amax[e], abs(x))
-            self.stash_store(rX, s_stash, i, n_mine, t)
+            self.pass1_done(copy_block, rX, s_stash, i, n_mine, t)
         is_max = (False, True, True) if const_expr(self.smooth_v) else (True,)
         self.reduce_columns(stats, is_max, tid, s_warp, s_split)
-        totals = self.gather_splits(s_split, tid, is_max)
+        totals = self.gather_splits(s_split, tid, is_max,
+                                    lambda: self.ring_first_reread(copy_block, n_mine, s_stash, t))
         m = totals[0]
         bh = Int64(batch) * Int64(mV.shape[1]) + Int64(head)
         dim = self.head_dim
@@ -532,15 +613,30 @@ class QuantizeQKV:
         row0 = bh * Int64(self.head_dim) + Int64(cvec * VEC)
         v8 = cute.recast_ptr(mV8.iterator, dtype=Int32)
         for j in cutlass.range(n_mine):
-            group = (sub + (n_mine - 1 - j) * self.sub_splits) * self.groups_per_block + group_in_block
+            i = n_mine - 1 - j
+            group = self.v_group(sub, group_in_block, i)
             if j > 0:
-                if not self.stash_load(rX, s_stash, n_mine - 1 - j, t):
-                    self.v_quant.load_group(rX, mV.iterator, base, stride_l, group, seqlen, part, self.reread_cop)
+                self.pass2_block(load_block, rX, s_stash, i, t)
             if const_expr(parts == 1):
                 self.v_quant.store_group(rX, rInv, v8, row0, group, padded_len // 4, rMean, seqlen, self.store_cop)
             else:
                 self.store_half_group(rX, rInv, v8, row0, group, part, padded_len // 4, rMean, seqlen)
+            if j > 0:
+                self.pass2_done(copy_block, i, s_stash, t)
         cute.arch.cluster_wait()  # no CTA leaves while another still reads its s_split
+
+    def v_group(self, sub, group_in_block, i):
+        """This thread's 16-token group of block ``i`` of (sub-)split ``sub``."""
+        return (sub + i * self.sub_splits) * self.groups_per_block + group_in_block
+
+    @cute.jit
+    def v_load_block(self, rX, v, base, stride_l, sub, group_in_block, seqlen, part, i, cop: cutlass.Constexpr):
+        self.v_quant.load_group(rX, v, base, stride_l, self.v_group(sub, group_in_block, i), seqlen, part, cop)
+
+    @cute.jit
+    def v_copy_block(self, v, base, stride_l, sub, group_in_block, seqlen, part, i, dst, policy: cutlass.Constexpr):
+        tok0 = self.v_group(sub, group_in_block, i) * GROUP + part * self.v_rows
+        self.copy_rows_async(dst, v, base, stride_l, tok0, 1, self.v_rows, seqlen, policy)
 
     @cute.jit
     def store_half_group(
@@ -620,40 +716,128 @@ class QuantizeQKV:
 
     # ------------------------------------------------------------ split helpers
     @cute.jit
-    def stash_store(self, rX: cute.Tensor, s_stash: Optional[cute.Tensor], i, n_mine, tid):
-        """Pass 1: keep block ``i`` of the split in smem if it has a slot (Note [Stashed
-        blocks]); the split's last block stays in registers instead."""
-        if const_expr(self.stash > 0):
+    def pass1_block(self, load_block: cutlass.Constexpr, rX: cute.Tensor, s_slots, i, n_mine, tid):
+        """Pass 1: block ``i`` of the split into ``rX``: from its ring slot (Note [Block
+        ring]), or loaded with the cache operator Note [L2 cache operators] gives it (a
+        compile-time property of the instruction, so with hints both forms are emitted
+        behind the runtime ``read_once`` branch)."""
+        if const_expr(self.ring > 0):
+            self.ring_take(rX, s_slots, i, tid)
+        elif const_expr(self.once_cop is None and self.keep_cop is None):
+            load_block(i, None)
+        elif self.read_once(i, n_mine):
+            load_block(i, self.once_cop)
+        else:
+            load_block(i, self.keep_cop)
+
+    @cute.jit
+    def pass1_done(self, copy_block: cutlass.Constexpr, rX: cute.Tensor, s_slots, i, n_mine, tid,
+                   rereads: cutlass.Constexpr = True):
+        """Pass 1 is done with block ``i`` (in ``rX``). Ring: its slot takes block ``i +
+        ring`` (one commit group, except after the last block: ``ring_first_reread``
+        commits that one; ``rereads`` False: no block is read twice). Register path:
+        the block goes to its stash slot if it has one (Note [Stashed blocks]); the last
+        one stays in registers instead."""
+        if const_expr(self.ring > 0):
+            nxt = i + self.ring
+            if nxt < n_mine:
+                last_read = self.read_once(nxt, n_mine) if const_expr(rereads) else True
+                self.ring_copy(copy_block, nxt, s_slots, tid, last_read)
+            if i < n_mine - 1 or not rereads:
+                cute.arch.cp_async_commit_group()
+        elif const_expr(self.stash > 0):
             if i < n_mine - 1 and i < self.stash:
                 for r in cutlass.range_constexpr(cute.size(rX, mode=[1])):
-                    s_stash[None, r, tid, i].store(rX[None, r].load())
+                    s_slots[None, r, tid, i].store(rX[None, r].load())
 
     @cute.jit
-    def stash_load(self, rX: cute.Tensor, s_stash: Optional[cute.Tensor], i, tid) -> cutlass.Boolean:
-        """Pass 2: block ``i`` of the split from its smem slot; False if it has none."""
-        hit = cutlass.Boolean(False)
-        if const_expr(self.stash > 0):
-            if i < self.stash:
-                for r in cutlass.range_constexpr(cute.size(rX, mode=[1])):
-                    rX[None, r].store(s_stash[None, r, tid, i].load())
-                hit = cutlass.Boolean(True)
-        return hit
-
-    @cute.jit
-    def pass1_load(self, load: cutlass.Constexpr, i, n_mine):
-        """Pass 1's load of block ``i`` (``load(cop)``) with the cache operator Note [L2
-        cache operators] gives it: a compile-time property of the instruction, so with
-        hints both forms are emitted behind the runtime ``read_once`` branch."""
-        if const_expr(self.once_cop is None and self.keep_cop is None):
-            load(None)
-        elif self.read_once(i, n_mine):
-            load(self.once_cop)
+    def pass2_block(self, load_block: cutlass.Constexpr, rX: cute.Tensor, s_slots, i, tid):
+        """Pass 2: block ``i`` of the split (not the last one, still in ``rX``) into
+        ``rX``: from its ring slot, its stash slot, or re-read from global memory."""
+        if const_expr(self.ring > 0):
+            self.ring_take(rX, s_slots, i, tid)
         else:
-            load(self.keep_cop)
+            stashed = cutlass.Boolean(False)
+            if const_expr(self.stash > 0):
+                if i < self.stash:
+                    for r in cutlass.range_constexpr(cute.size(rX, mode=[1])):
+                        rX[None, r].store(s_slots[None, r, tid, i].load())
+                    stashed = cutlass.Boolean(True)
+            if not stashed:
+                load_block(i, self.reread_cop)
+
+    @cute.jit
+    def pass2_done(self, copy_block: cutlass.Constexpr, i, s_slots, tid):
+        """Pass 2 is done with block ``i``: with a ring, its slot takes the next block to
+        re-read, ``i - ring`` (one commit group)."""
+        if const_expr(self.ring > 0):
+            if i >= self.ring:
+                self.ring_copy(copy_block, i - self.ring, s_slots, tid, True)
+            cute.arch.cp_async_commit_group()
+
+    # ------------------------------------------------------------ the ring (Note [Block ring])
+    @cute.jit
+    def ring_fill(self, copy_block: cutlass.Constexpr, n_mine, s_slots, tid, rereads: cutlass.Constexpr = True):
+        """Blocks ``0 .. ring - 1`` of the split on their way, one commit group each
+        (empty past the split's last block)."""
+        if const_expr(self.ring > 0):
+            for i in cutlass.range_constexpr(self.ring):
+                if i < n_mine:
+                    last_read = self.read_once(i, n_mine) if const_expr(rereads) else True
+                    self.ring_copy(copy_block, i, s_slots, tid, last_read)
+                cute.arch.cp_async_commit_group()
+
+    @cute.jit
+    def ring_first_reread(self, copy_block: cutlass.Constexpr, n_mine, s_slots, tid):
+        """After pass 1: the last block's slot (that block stays in registers) takes the
+        first block pass 2 re-reads, ``n_mine - 1 - ring``; the commit group pass 1's
+        last step left out."""
+        if const_expr(self.ring > 0):
+            if n_mine - 1 - self.ring >= 0:
+                self.ring_copy(copy_block, n_mine - 1 - self.ring, s_slots, tid, True)
+            cute.arch.cp_async_commit_group()
+
+    @cute.jit
+    def ring_copy(self, copy_block: cutlass.Constexpr, i, s_slots, tid, last_read):
+        """``copy_block(i, slot, policy)`` into block ``i``'s slot, with the L2 policy of
+        a block read for the last time (``last_read``) or one to be read again."""
+        dst = s_slots[None, None, tid, i % self.ring]
+        if const_expr(self.ring_once_policy == self.ring_keep_policy):
+            copy_block(i, dst, self.ring_keep_policy)
+        elif const_expr(isinstance(last_read, bool)):
+            copy_block(i, dst, self.ring_once_policy if last_read else self.ring_keep_policy)
+        elif last_read:
+            copy_block(i, dst, self.ring_once_policy)
+        else:
+            copy_block(i, dst, self.ring_keep_policy)
+
+    @cute.jit
+    def ring_take(self, rX: cute.Tensor, s_slots, i, tid):
+        """Block ``i`` of the split from its slot into ``rX`` once this thread's copies
+        of it have landed: its group is ``ring - 1`` commits back."""
+        cute.arch.cp_async_wait_group(self.ring - 1)
+        for r in cutlass.range_constexpr(cute.size(rX, mode=[1])):
+            rX[None, r].store(s_slots[None, r, tid, i % self.ring].load())
+
+    @cute.jit
+    def copy_rows_async(
+        self, dst: cute.Tensor, src: cute.Pointer, base: Int64, stride_l: Int64, row0, row_step: cutlass.Constexpr,
+        n_rows: cutlass.Constexpr, seqlen, policy: cutlass.Constexpr,
+    ):  # fmt: skip
+        """``cp.async`` of rows ``row0 + row_step * r`` (``r < n_rows``) of 8 channels at
+        ``src + base`` into ``dst`` (VEC, rows); rows past ``seqlen`` become zeros."""
+        for r in cutlass.range_constexpr(n_rows):
+            row = row0 + row_step * r
+            valid = row < seqlen
+            off = cutlass.select_(valid, base + Int64(row) * stride_l, base)
+            cp_async_16b(dst[None, r].iterator, src + off, valid, policy)
 
     def read_once(self, i, n_mine):
         """Pass 1: block ``i`` is not re-read from global memory in pass 2 (the last one
-        stays in registers, the first ``stash`` wait in smem)."""
+        stays in registers, the first ``stash`` wait in smem; with a ring, the last
+        ``ring`` wait in their slots)."""
+        if const_expr(self.ring > 0):
+            return i >= n_mine - self.ring
         return (i == n_mine - 1) | (i < self.stash)
 
     def blocks_of_split(self, seqlen, sub):
@@ -698,11 +882,14 @@ class QuantizeQKV:
                 s_split[tid, i] = v
 
     @cute.jit
-    def gather_splits(self, s_split: cute.Tensor, tid, is_max: tuple) -> list:
+    def gather_splits(self, s_split: cute.Tensor, tid, is_max: tuple, while_waiting: cutlass.Constexpr = None) -> list:
         """Channel ``tid``'s sum (or max, ``is_max[i]``) of each statistic over the
         cluster's splits, in rank order (threads >= head_dim get 0 or -inf). Arrives on
-        the cluster barrier once it has read: the caller waits on it before leaving."""
+        the cluster barrier once it has read: the caller waits on it before leaving.
+        ``while_waiting()`` runs between the arrive and the wait (Note [Block ring])."""
         cute.arch.cluster_arrive()  # s_split written (release)
+        if const_expr(while_waiting is not None):
+            while_waiting()
         cute.arch.cluster_wait()  # every split's s_split written (acquire)
         totals = []
         for i in cutlass.range_constexpr(len(is_max)):
