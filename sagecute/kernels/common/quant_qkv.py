@@ -17,7 +17,9 @@ K (Note [Split K mean]): pass 1 loads the split's blocks (``QuantizeInt8.load_ro
 and sums their columns; pass 2 quantizes them in reverse order, so the block loaded
 last is still in registers and earlier ones are re-read, most recently read first
 (L2); one more block per split can wait in smem (Note [Stashed blocks]). K is read
-once when ``Lk <= (stash + 1) * C * 128`` and at most twice beyond.
+once when ``Lk <= (stash + 1) * C * 128`` and at most twice beyond. With ``ring`` R
+(``ring_for``) the blocks come through R smem slots filled by ``cp.async`` instead,
+R of them in flight at once, and the last R stay there for pass 2 (Note [Block ring]).
 
 V: pass 1 takes per-channel amax over the split's blocks
 (``QuantizeVFp8.load_group``), the splits' maxima meet through distributed shared
