@@ -745,7 +745,9 @@ class QuantizeQKV:
             if nxt < n_mine:
                 last_read = self.read_once(nxt, n_mine) if const_expr(rereads) else True
                 self.ring_copy(copy_block, nxt, s_slots, tid, last_read)
-            if i < n_mine - 1 or not rereads:
+            if const_expr(not rereads):
+                cute.arch.cp_async_commit_group()
+            elif i < n_mine - 1:
                 cute.arch.cp_async_commit_group()
         elif const_expr(self.stash > 0):
             if i < n_mine - 1 and i < self.stash:
