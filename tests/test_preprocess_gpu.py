@@ -125,7 +125,8 @@ def launch_path(request):
 def block_ring(request, monkeypatch):
     """Note [Block ring] in quant_qkv.py: the one-launch K/V kernel with straight loads
     (0, sub-splits where ``warpgroups_for`` picks them) and with a cp.async ring of 2
-    and 4 slots (what ``ring_for`` ships), at every case's length."""
+    and 4 slots (what ``ring_for`` ships), at every case's length. smooth_v and the Q
+    role keep the register path whatever ``ring_for`` says (``_qkv_plan``)."""
     kern = _kernels()
     monkeypatch.setattr(kern, "ring_for", lambda *a: request.param)
     kern._QKV_PLANS.clear()

@@ -67,8 +67,8 @@ into its part of one of R slots (the stash's layout), so no barrier guards a slo
 the thread's own ``cp.async.wait_group R - 1``; every step commits exactly one group
 (empty where there is nothing to copy), so "the block needed now" is always the group
 R - 1 steps back. Pass 1 starts with blocks 0 .. R-1 in flight and refills block
-``i``'s slot with block ``i + R`` once it has reduced ``i``, so R blocks are always on
-their way while one is reduced, at no register cost. The last R blocks stay in their
+``i``'s slot with block ``i + R`` once it has reduced ``i``, so the R - 1 blocks after
+the one being reduced are on their way, at no register cost. The last R blocks stay in their
 slots for pass 2 (the last one also in registers); pass 2 refills the slot it has just
 quantized with the next block to re-read (``b - R`` after ``b``), and the first re-read
 goes out while the cluster exchanges its statistics (``gather_splits``'s
@@ -463,14 +463,16 @@ class QuantizeQKV:
         rX = cute.make_rmem_tensor(cute.make_layout((VEC, self.k_quant.rows_per_thread)), self.dtype)
         mean_f32 = cute.make_rmem_tensor(cute.make_layout(VEC), Float32)
         mean_f32.fill(0.0)
-        bh = Int64(batch) * Int64(mK.shape[1]) + Int64(head)
-        k8 = cute.recast_ptr(mK8.iterator, dtype=Int32)
-        # block i of the (sub-)split: loaded into rX, copied into a slot, quantized from rX
-        # (partials, not closures: a staged loop cannot call a closure over dynamic values)
-        load_block = functools.partial(self.k_load_block, rX, mK.iterator, base, stride_l, sub, seqlen, t)
+        # a block loaded into rX and quantized from rX (by its index in the head), or copied
+        # into a slot (by its index in the split); partials, not closures: a staged loop
+        # cannot call a closure over dynamic values
+        load_block = functools.partial(self.k_quant.load_rows, rX, mK.iterator, base, stride_l)
         copy_block = functools.partial(self.k_copy_block, mK.iterator, base, stride_l, sub, seqlen, t)
-        quantize_block = functools.partial(self.k_quantize_block, rX, mean_f32, k8, mKs.iterator, bh, seqlen, t, sub,
-                                           s_block, mQm, mDelta, mK.shape[1], batch, head, sync)
+
+        def quantizer():  # made where it is used: its values would stay live through pass 1
+            bh = Int64(batch) * Int64(mK.shape[1]) + Int64(head)
+            return functools.partial(self.k_quantize_block, rX, mean_f32, cute.recast_ptr(mK8.iterator, dtype=Int32),
+                                     mKs.iterator, bh, seqlen, t, s_block, mQm, mDelta, mK.shape[1], batch, head, sync)
 
         if const_expr(self.smooth_k):
             # pass 1: column sums of the split's blocks (Note [Split K mean])
@@ -478,7 +480,8 @@ class QuantizeQKV:
             acc.fill(0.0)
             self.ring_fill(copy_block, n_mine, s_stash, t)
             for i in cutlass.range(n_mine):
-                self.pass1_block(load_block, rX, s_stash, i, n_mine, t)
+                blk_idx = sub + i * self.sub_splits
+                self.pass1_block(functools.partial(load_block, blk_idx, seqlen, t), rX, s_stash, i, n_mine, t)
                 for r in cutlass.range_constexpr(self.k_quant.rows_per_thread):
                     for e, x in enumerate(widen_row(rX[None, r])):
                         acc[e] = acc[e] + x
@@ -492,29 +495,30 @@ class QuantizeQKV:
             for e in cutlass.range_constexpr(VEC):
                 mean_f32[e] = s_mean[col + e].to(Float32)
             # pass 2, last loaded first (it is still in rX)
+            quantize_block = quantizer()
             for j in cutlass.range(n_mine):
                 i = n_mine - 1 - j
+                blk_idx = sub + i * self.sub_splits
                 if j > 0:
-                    self.pass2_block(load_block, rX, s_stash, i, t)
-                quantize_block(i)
+                    self.pass2_block(functools.partial(load_block, blk_idx, seqlen, t), rX, s_stash, i, t)
+                quantize_block(blk_idx)
                 if j > 0:
                     self.pass2_done(copy_block, i, s_stash, t)
             cute.arch.cluster_wait()  # no CTA leaves while another still reads its s_split
         elif const_expr(self.ring > 0):
             # no mean: one pass, blocks in order through the ring (Note [Block ring])
             self.ring_fill(copy_block, n_mine, s_stash, t, rereads=False)
+            quantize_block = quantizer()
             for i in cutlass.range(n_mine):
                 self.ring_take(rX, s_stash, i, t)
-                quantize_block(i)
+                quantize_block(sub + i * self.sub_splits)
                 self.pass1_done(copy_block, rX, s_stash, i, n_mine, t, rereads=False)
         else:
+            quantize_block = quantizer()
             for j in cutlass.range(n_mine):
-                load_block(n_mine - 1 - j, self.once_cop)
-                quantize_block(n_mine - 1 - j)
-
-    @cute.jit
-    def k_load_block(self, rX, x, base, stride_l, sub, seqlen, t, i, cop: cutlass.Constexpr):
-        self.k_quant.load_rows(rX, x, base, stride_l, sub + i * self.sub_splits, seqlen, t, cop)
+                blk_idx = sub + (n_mine - 1 - j) * self.sub_splits
+                load_block(blk_idx, seqlen, t, self.once_cop)
+                quantize_block(blk_idx)
 
     @cute.jit
     def k_copy_block(self, x, base, stride_l, sub, seqlen, t, i, dst, policy: cutlass.Constexpr):
@@ -524,10 +528,9 @@ class QuantizeQKV:
 
     @cute.jit
     def k_quantize_block(
-        self, rX, mean_f32, k8, ks, bh, seqlen, t, sub, s_block, mQm, mDelta, hkv, batch, head, sync: cutlass.Constexpr,
-        i,
+        self, rX, mean_f32, k8, ks, bh, seqlen, t, s_block, mQm, mDelta, hkv, batch, head, sync: cutlass.Constexpr,
+        blk_idx,
     ):  # fmt: skip
-        blk_idx = sub + i * self.sub_splits
         self.k_quant.quantize_rows(rX, mean_f32, k8, ks, bh, blk_idx, seqlen, t, s_block, self.store_cop, sync)
         if const_expr(self.smooth_q):
             self.delta_rows(rX, mean_f32, mQm, mDelta, mQm.shape[1] // hkv, batch, head, blk_idx, t)
@@ -559,16 +562,16 @@ class QuantizeQKV:
         for extreme in stats[1:]:
             extreme.fill(-Float32.inf)
 
-        # block i of the (sub-)split: loaded into rX, copied into a slot (partials, as k_split's)
-        load_block = functools.partial(self.v_load_block, rX, mV.iterator, base, stride_l, sub, group_in_block, seqlen,
-                                       part)
+        # a block's group loaded into rX, or copied into a slot (by the block's index in the
+        # split; partials, as k_split's)
+        load_block = functools.partial(self.v_quant.load_group, rX, mV.iterator, base, stride_l)
         copy_block = functools.partial(self.v_copy_block, mV.iterator, base, stride_l, sub, group_in_block, seqlen,
                                        part)
 
         self.ring_fill(copy_block, n_mine, s_stash, t)
         for i in cutlass.range(n_mine):
             group = self.v_group(sub, group_in_block, i)
-            self.pass1_block(load_block, rX, s_stash, i, n_mine, t)
+            self.pass1_block(functools.partial(load_block, group, seqlen, part), rX, s_stash, i, n_mine, t)
             for j in cutlass.range_constexpr(self.v_rows):
                 if const_expr(self.smooth_v):
                     v_sum, v_max, v_nmin = stats
@@ -618,7 +621,7 @@ class QuantizeQKV:
             i = n_mine - 1 - j
             group = self.v_group(sub, group_in_block, i)
             if j > 0:
-                self.pass2_block(load_block, rX, s_stash, i, t)
+                self.pass2_block(functools.partial(load_block, group, seqlen, part), rX, s_stash, i, t)
             if const_expr(parts == 1):
                 self.v_quant.store_group(rX, rInv, v8, row0, group, padded_len // 4, rMean, seqlen, self.store_cop)
             else:
@@ -630,10 +633,6 @@ class QuantizeQKV:
     def v_group(self, sub, group_in_block, i):
         """This thread's 16-token group of block ``i`` of (sub-)split ``sub``."""
         return (sub + i * self.sub_splits) * self.groups_per_block + group_in_block
-
-    @cute.jit
-    def v_load_block(self, rX, v, base, stride_l, sub, group_in_block, seqlen, part, i, cop: cutlass.Constexpr):
-        self.v_quant.load_group(rX, v, base, stride_l, self.v_group(sub, group_in_block, i), seqlen, part, cop)
 
     @cute.jit
     def v_copy_block(self, v, base, stride_l, sub, group_in_block, seqlen, part, i, dst, policy: cutlass.Constexpr):
@@ -720,17 +719,17 @@ class QuantizeQKV:
     @cute.jit
     def pass1_block(self, load_block: cutlass.Constexpr, rX: cute.Tensor, s_slots, i, n_mine, tid):
         """Pass 1: block ``i`` of the split into ``rX``: from its ring slot (Note [Block
-        ring]), or loaded with the cache operator Note [L2 cache operators] gives it (a
-        compile-time property of the instruction, so with hints both forms are emitted
-        behind the runtime ``read_once`` branch)."""
+        ring]), or loaded (``load_block(cop)``) with the cache operator Note [L2 cache
+        operators] gives it (a compile-time property of the instruction, so with hints
+        both forms are emitted behind the runtime ``read_once`` branch)."""
         if const_expr(self.ring > 0):
             self.ring_take(rX, s_slots, i, tid)
         elif const_expr(self.once_cop is None and self.keep_cop is None):
-            load_block(i, None)
+            load_block(None)
         elif self.read_once(i, n_mine):
-            load_block(i, self.once_cop)
+            load_block(self.once_cop)
         else:
-            load_block(i, self.keep_cop)
+            load_block(self.keep_cop)
 
     @cute.jit
     def pass1_done(self, copy_block: cutlass.Constexpr, rX: cute.Tensor, s_slots, i, n_mine, tid,
@@ -768,7 +767,7 @@ class QuantizeQKV:
                         rX[None, r].store(s_slots[None, r, tid, i].load())
                     stashed = cutlass.Boolean(True)
             if not stashed:
-                load_block(i, self.reread_cop)
+                load_block(self.reread_cop)
 
     @cute.jit
     def pass2_done(self, copy_block: cutlass.Constexpr, i, s_slots, tid):
