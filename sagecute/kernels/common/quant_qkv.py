@@ -300,7 +300,7 @@ class QuantizeQKV:
         # p1 / el load pass 1's blocks through two branches (read once or re-read): only
         # with a stashed block, where a split has several blocks; without one the D128
         # K/V kernel spills at its 128-register cap, and smooth_v grows by ~30 registers
-        per_block = (stash > 0 or ring > 0) and not smooth_v
+        per_block = stash > 0 and not smooth_v
         self.once_cop = "cs" if "p1" in hints and per_block else None
         self.keep_cop = "evict_last" if "el" in hints and per_block else None
         # Note [Block ring]: the ring's copies take an L2 policy, not a cache operator
