@@ -173,7 +173,7 @@ from .quant_math import (
     widen_row,
 )
 
-SPLIT_CHOICES = (8, 16, 4)  # K/V splits per (batch, head) = cluster size; 16 is non-portable, 4 an A/B option
+SPLIT_CHOICES = (8, 16)  # K/V splits per (batch, head) = cluster size; 16 is non-portable
 
 
 STASH_CHOICES = (0, 1)  # blocks a split keeps in smem between its passes (Note [Stashed blocks])
