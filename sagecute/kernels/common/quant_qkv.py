@@ -77,6 +77,21 @@ outstanding memory accesses). Every slot is rewritten only after the values read
 it were used, so the ``ld.shared`` has completed. The K stream without a mean runs
 pass 1's loop with quantization as its body. Values are those of the register path.
 
+Note [Short sequences]
+----------------------
+With one block per split (``Lk <= C * 128``: L1k, L2k) a K/V CTA is one latency chain
+(load, reduce, cluster exchange, quantize, store), and the H200 stays at ~66% of its
+1 GB copy rate (70% at D64). Part of that is the size: a plain copy of the same 100 MB
+reaches 87% of it. Tried and not kept (H200, B4 H32, perf/results/2026-12-03b_h200_headloop/):
+a cluster taking G (batch, head) pairs in turn with the next pair's block 0
+``cp.async``-prefetched into a smem slot during this one's exchange and stores. D128
+L1k 35.8 us -> 37.8 / 39.1 / 42.2 with G = 2 / 3 / 4, D64 16.5 -> 20.1-21.8, L2k no
+better. At 4 CTAs per SM at most 62 clusters of 8 are resident (ncu): G = 4's 64
+clusters need a second wave, and every G trades the hardware's fine-grained refill of
+finished CTAs for coarser units, so the tail grows more than the prefetch hides. A
+prefetch issued before the exchange's releasing arrive is also waited for there (as in
+Note [Block ring]).
+
 Note [V mean]
 -------------
 With ``smooth_v`` V is quantized minus its per-channel sequence mean (fp32, ``sum /
