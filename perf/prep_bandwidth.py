@@ -7,8 +7,10 @@ measured in the same run, for each count of stashed blocks (Note [Stashed blocks
     python perf/prep_bandwidth.py --ncu-one --L 1024 --D 128 [--wg 2]   # one call per shape, for ncu
 
 Bytes counted once: K and V read (bf16), K int8 + V fp8 written (scales and the mean
-are < 1%). Times: CUDA graph of 20 calls, best of 3 (the copy: a plain loop; a
-captured copy_ is a memcpy node, 2.44 TB/s on an H100 against 3.0 launched).
+are < 1%). Times: CUDA graph of 20 calls, best of 3 (the copies: a plain loop; a
+captured copy_ is a memcpy node, 2.44 TB/s on an H100 against 3.0 launched). Each shape
+also times a copy of as many bytes as the kernel moves: at L1k (100 MB) that copy
+itself reaches only ~87% of the 1 GB copy's rate on an H200 (launch and tail).
 """
 
 from __future__ import annotations
@@ -75,6 +77,14 @@ def main():
         for length in (int(x) for x in args.L.split(",")):
             q, k, v = (torch.randn(args.B, args.H, length, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
             traffic = (k.numel() + v.numel()) * 3  # bf16 in, 1-byte out
+            # a copy of as many bytes (read + write) as the kernel moves: what a plain copy
+            # reaches at this size (launch and tail included), next to the 1 GB copy
+            src_n = torch.empty(traffic // 2, dtype=torch.uint8, device="cuda")
+            dst_n = torch.empty_like(src_n)
+            same_tbs = traffic / (loop_ms(lambda: dst_n.copy_(src_n)) * 1e3) / 1e6
+            del src_n, dst_n
+            print(f"  D{d} L{length:6d}: a copy of the same {traffic / 1e6:.0f} MB: {same_tbs:.2f} TB/s = "
+                  f"{same_tbs / copy_tbs:.0%} of the 1 GB copy", flush=True)
             first = None
             configs = [(s, h, w, r) for s in args.stash.split(",") for h in args.hints.split(",")
                        for w in args.wg.split(",") for r in args.ring.split(",")]
