@@ -4,6 +4,8 @@ measured in the same run, for each count of stashed blocks (Note [Stashed blocks
 
     python perf/prep_bandwidth.py [--stash auto,0,1,16s1] [--L 1024,8192,16384] [--D 128,64]
     python perf/prep_bandwidth.py --stash auto --hints none,st,st+rr,st+rr+p1   # Note [L2 cache operators]
+    python perf/prep_bandwidth.py --L 2048 --stash 8s1,16s0 --ring 0,2 --repeat 5   # interleaved, best + median
+    python perf/prep_bandwidth.py --L 1024 --stash auto --diag none,noexchange,nocluster   # what the exchange costs
     python perf/prep_bandwidth.py --ncu-one --L 1024 --D 128 [--wg 2]   # one call per shape, for ncu
 
 Bytes counted once: K and V read (bf16), K int8 + V fp8 written (scales and the mean
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 
 import torch
@@ -41,6 +44,11 @@ def main():
     p.add_argument("--ring", default="auto",
                    help="cp.async slots per K/V split to time, comma-separated ('auto': ring_for, 0: the register "
                         "path; Note [Block ring]); outputs compared with the first configuration's")
+    p.add_argument("--diag", default="none",
+                   help="comma-separated quant_qkv.DIAGNOSTIC values to time (perf only, outputs WRONG: 'noexchange' "
+                        "skips the cluster exchange, 'nocluster' also launches without clusters; 'none': as shipped)")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="time every configuration this many times, interleaved; report the best (and the median)")
     p.add_argument("--L", default="1024,8192,16384")
     p.add_argument("--D", default="128,64")
     p.add_argument("--B", type=int, default=4)
@@ -50,18 +58,23 @@ def main():
     auto, auto_splits, shipped, auto_wg = kern.stash_for, kern.splits_for, quant_qkv.CACHE_HINTS, kern.warpgroups_for
     auto_ring = kern.ring_for
 
-    def pin(stash: str, hints: str, wg: str, ring: str = "auto") -> None:
-        """Plan the next calls with these stash / hints / warpgroups / ring (``auto``: as shipped)."""
+    def pin(stash: str, hints: str, wg: str, ring: str = "auto", diag: str = "none") -> None:
+        """Plan the next calls with these stash / hints / warpgroups / ring / diagnostic
+        (``auto``, ``none``: as shipped)."""
         kern.ring_for = auto_ring if ring == "auto" else (lambda *a, r=int(ring): r)
         splits, _, n = stash.rpartition("s")
         kern.splits_for = auto_splits if not splits else (lambda *a, c=int(splits): c)
         kern.stash_for = auto if n == "auto" else (lambda *a, n=int(n): n)
         kern.warpgroups_for = auto_wg if wg == "auto" else (lambda *a, w=int(wg): w)
         quant_qkv.CACHE_HINTS = {"default": shipped, "none": ""}.get(hints, hints)
+        if quant_qkv.DIAGNOSTIC != (new_diag := "" if diag == "none" else diag):
+            quant_qkv.DIAGNOSTIC = new_diag
+            kern._compile_qkv_ffi.cache_clear()  # its key does not hold the diagnostic
         kern._QKV_PLANS.clear()
 
     if args.ncu_one:  # the first --stash / --hints / --wg value
-        pin(args.stash.split(",")[0], args.hints.split(",")[0], args.wg.split(",")[0], args.ring.split(",")[0])
+        pin(args.stash.split(",")[0], args.hints.split(",")[0], args.wg.split(",")[0], args.ring.split(",")[0],
+            args.diag.split(",")[0])
         for d in (int(x) for x in args.D.split(",")):
             for length in (int(x) for x in args.L.split(",")):
                 q, k, v = (torch.randn(args.B, args.H, length, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
@@ -85,23 +98,33 @@ def main():
             del src_n, dst_n
             print(f"  D{d} L{length:6d}: a copy of the same {traffic / 1e6:.0f} MB: {same_tbs:.2f} TB/s = "
                   f"{same_tbs / copy_tbs:.0%} of the 1 GB copy", flush=True)
-            first = None
-            configs = [(s, h, w, r) for s in args.stash.split(",") for h in args.hints.split(",")
-                       for w in args.wg.split(",") for r in args.ring.split(",")]
-            for stash, hints, wg, ring in configs:
-                pin(stash, hints, wg, ring)
-                us = graph_ms(lambda: kern.quantize_qkv_cute(q, k, v, GRAN, True, with_q=False)) * 1e3
+            first, times, diffs = None, {}, {}
+            configs = [(s, h, w, r, x) for s in args.stash.split(",") for h in args.hints.split(",")
+                       for w in args.wg.split(",") for r in args.ring.split(",") for x in args.diag.split(",")]
+            for rep in range(args.repeat):  # configurations interleaved: drifts hit them all alike
+                for config in configs:
+                    pin(*config)
+                    times.setdefault(config, []).append(
+                        graph_ms(lambda: kern.quantize_qkv_cute(q, k, v, GRAN, True, with_q=False)) * 1e3)
+                    if rep:
+                        continue
+                    outs = kern.quantize_qkv_cute(q, k, v, GRAN, True, with_q=False)
+                    if first is None:
+                        first = outs
+                    else:
+                        diffs[config] = [int((a.view(torch.uint8) != b.view(torch.uint8)).sum())
+                                         if a.element_size() == 1 else int((a != b).sum())
+                                         for a, b in zip(first, outs) if a is not None]
+            for (stash, hints, wg, ring, diag), us_all in times.items():
+                us = min(us_all)
                 tbs = traffic / us / 1e6
-                outs = kern.quantize_qkv_cute(q, k, v, GRAN, True, with_q=False)
-                if first is None:
-                    first, same = outs, ""
-                else:
-                    diff = [int((a.view(torch.uint8) != b.view(torch.uint8)).sum())
-                            if a.element_size() == 1 else int((a != b).sum())
-                            for a, b in zip(first, outs) if a is not None]
-                    same = f" differing elements vs the first (k8 ks km v8 vs): {diff}"
-                print(f"  D{d} L{length:6d} stash {stash:4s} hints {hints:9s} wg {wg:4s} ring {ring:4s}: "
-                      f"{us:8.1f} us "
+                spread = (f" (median {statistics.median(us_all):.1f}, max {max(us_all):.1f} of {len(us_all)})"
+                          if len(us_all) > 1 else "")
+                diff = diffs.get((stash, hints, wg, ring, diag))
+                same = f" differing elements vs the first (k8 ks km v8 vs): {diff}" if diff is not None else ""
+                print(f"  D{d} L{length:6d} stash {stash:4s} hints {hints:9s} wg {wg:4s} ring {ring:4s}"
+                      + (f" diag {diag:10s}" if diag != "none" else "") + ": "
+                      f"{us:8.1f} us{spread} "
                       f"{tbs:5.2f} TB/s = {tbs / copy_tbs:4.0%} of copy{same}", flush=True)
             pin("auto", "default", "auto")
 

@@ -18,8 +18,8 @@ def test_compile_quick_set(arch):
     from sagecute.preprocess.kernels import compile_all_preprocess, tvm_ffi_available
 
     results = compile_all_preprocess(arch, quick=True)
-    # 19: with the sub-split K/V kernel and the two cp.async ring ones
-    assert len(results) == 8 + (19 if tvm_ffi_available() else 0)
+    # 21: with the sub-split K/V kernel, 8 splits with a stash, and the three cp.async ring ones
+    assert len(results) == 8 + (21 if tvm_ffi_available() else 0)
     bad = [(r.name, r.problem) for r in results if not r.ok]
     assert not bad, bad
 
@@ -110,23 +110,27 @@ def test_rejects_unsupported_configs():
 
 
 def test_split_plan_per_length():
-    """Note [Stashed blocks], Note [Sub-splits]: splits, warpgroups and stash per Lk
-    (what the H200 measured best: sub-splits from 8 blocks per split, i.e. L16k)."""
+    """Note [Split count], Note [Stashed blocks], Note [Sub-splits]: splits, warpgroups
+    and stash per (Lk, head_dim) (what the H200 measured best: 16 splits from 64 blocks,
+    32 at head_dim 64; sub-splits from 8 blocks per split, i.e. L16k)."""
     from sagecute.kernels.common.quant_qkv import splits_for, stash_for, warpgroups_for
 
     plans = {}
-    for lk in (1, 1024, 2048, 4096, 8192, 16383, 16384, 65536):
-        s = splits_for(lk)
-        w = warpgroups_for(lk, s)
-        plans[lk] = (s, w, stash_for(lk, s, 128, w))
-    assert plans == {1: (8, 1, 0), 1024: (8, 1, 0), 2048: (16, 1, 0), 4096: (16, 1, 1), 8192: (16, 1, 1),
-                     16383: (16, 2, 1), 16384: (16, 2, 1), 65536: (16, 2, 1)}
+    for d in (64, 128):
+        for lk in (1, 1024, 2048, 4096, 8192, 16383, 16384, 65536):
+            s = splits_for(lk, d)
+            w = warpgroups_for(lk, s)
+            plans[lk, d] = (s, w, stash_for(lk, s, 128, w))
+    long = {(lk, d): (16, 2, 1) for lk in (16383, 16384, 65536) for d in (64, 128)}
+    assert plans == {(1, 64): (8, 1, 0), (1, 128): (8, 1, 0), (1024, 64): (8, 1, 0), (1024, 128): (8, 1, 0),
+                     (2048, 64): (8, 1, 1), (2048, 128): (8, 1, 1), (4096, 64): (16, 1, 1), (4096, 128): (8, 1, 1),
+                     (8192, 64): (16, 1, 1), (8192, 128): (16, 1, 1), **long}
     # Note [Block ring]: cp.async slots per (Lk, head_dim); the plan drops the stash and
     # sub-splits where there is a ring
     from sagecute.kernels.common.quant_qkv import ring_for
 
-    lengths = (1024, 4096, 6144, 8192, 16383, 16384)
-    rings = {(lk, d): ring_for(lk, d, splits_for(lk)) for lk in lengths for d in (64, 128)}
-    assert rings == {(1024, 64): 0, (1024, 128): 0, (4096, 64): 0, (4096, 128): 0, (6144, 64): 0, (6144, 128): 2,
-                     (8192, 64): 0, (8192, 128): 2, (16383, 64): 4, (16383, 128): 0, (16384, 64): 4,
-                     (16384, 128): 0}
+    lengths = (1024, 2048, 4096, 6144, 8192, 16383, 16384)
+    rings = {(lk, d): ring_for(lk, d, splits_for(lk, d)) for lk in lengths for d in (64, 128)}
+    assert rings == {(1024, 64): 0, (1024, 128): 0, (2048, 64): 0, (2048, 128): 0, (4096, 64): 0, (4096, 128): 2,
+                     (6144, 64): 0, (6144, 128): 2, (8192, 64): 0, (8192, 128): 2, (16383, 64): 4,
+                     (16383, 128): 0, (16384, 64): 4, (16384, 128): 0}

@@ -250,9 +250,15 @@ def preprocess_variants(
                 # Note [Sub-splits]: the API's from L16k on
                 yield (f"quant_kv16s1w2-{name}-d{d}-{grans[-1].value}-ffi", _compile_qkv_ffi,
                        (dtype, d, grans[-1], True, geom, 16, False, 1, False, False, 2, 0))  # fmt: skip
-                # Note [Block ring]: the API's cp.async ring (2 slots at head_dim 128, 4 at 64)
-                # and the ring without a mean
+                # Note [Split count]: 8 splits with a stashed block (L2k)
+                yield (f"quant_kv8s1-{name}-d{d}-{grans[-1].value}-ffi", _compile_qkv_ffi,
+                       (dtype, d, grans[-1], True, geom, 8, False, 1, False, False, 1, 0))  # fmt: skip
+                # Note [Block ring]: the API's cp.async ring (2 slots at head_dim 128, 4 at 64;
+                # 8 splits at L4k) and the ring without a mean
                 ring = 2 if d == 128 else 4
+                if d == 128:
+                    yield (f"quant_kv8r{ring}-{name}-d{d}-{grans[-1].value}-ffi", _compile_qkv_ffi,
+                           (dtype, d, grans[-1], True, geom, 8, False, 0, False, False, 1, ring))  # fmt: skip
                 yield (f"quant_kv16r{ring}-{name}-d{d}-{grans[-1].value}-ffi", _compile_qkv_ffi,
                        (dtype, d, grans[-1], True, geom, 16, False, 0, False, False, 1, ring))  # fmt: skip
                 yield (f"quant_kv16r{ring}_nosmooth-{name}-d{d}-{grans[-1].value}-ffi", _compile_qkv_ffi,
@@ -573,7 +579,7 @@ def _qkv_plan(
     )
     compile_args = None
     if fused_qkv_supported(q, k, v, geom):
-        splits = splits_for(lk, geom.blk_k)
+        splits = splits_for(lk, d, geom.blk_k)
         # Note [Block ring]: K and V only (the Q role's CTAs would share the ring's smem
         # size), and not measured with smooth_v, which keeps the register path
         ring = 0 if with_q or smooth_v else ring_for(lk, d, splits, geom.blk_k)

@@ -3,8 +3,8 @@
 Replaces the four launches of the standalone quantizers (Q int8, K mean, K int8,
 V fp8) on the sm90 path. 128 threads per CTA (256 for K/V sub-splits: Note
 [Sub-splits]), grid ``(2 C + ceil(nq / C) C, Hq, B)``
-in clusters of ``C`` CTAs along x (``C`` = ``splits``: 8, or 16 from
-``Lk >= 2048`` on, ``splits_for``); x picks the CTA's role:
+in clusters of ``C`` CTAs along x (``C`` = ``splits``: 8, or 16 from ``Lk >= 8192``
+on, 4096 at head_dim 64: ``splits_for``, Note [Split count]); x picks the CTA's role:
 
   ``[0, C)``    K split ``s``: 128-token blocks ``s, s + C, ...`` of one (batch, kv head)
   ``[C, 2C)``   V split ``s``: the same blocks of V
@@ -91,6 +91,25 @@ clusters need a second wave, and every G trades the hardware's fine-grained refi
 finished CTAs for coarser units, so the tail grows more than the prefetch hides. A
 prefetch issued before the exchange's releasing arrive is also waited for there (as in
 Note [Block ring]).
+
+Note [Split count]
+------------------
+16 splits give each CTA half the blocks of 8, so pass 2's re-reads are more recent
+and hit L2 more often; but 16 CTAs wait in one cluster for the slowest of them, and
+below 64 blocks (D128) or 32 (D64) per (batch, head) that lockstep costs more than the
+re-reads save. H200, B4 H32 bf16 K/V, best of 3 interleaved runs (perf/prep_bandwidth.py
+--repeat, perf/results/2026-12-03c_h200_splits/prep_splits_ab.txt; "16s1": 16 splits,
+a stashed block; a ring where ``ring_for`` gives one): D128 L2k 8s1 63.0 us, 16s0
+70.6, 16s1 70.5; D128 L4k 8 splits (ring 2) 120.8, 16s1 121.2; D64 L2k 8s1 35.9,
+16s1 38.7; D64 L4k 8s1 67.2, 16s1 64.1, so D64 keeps 16 there. D128 L8k, single
+runs: 16 splits (ring 2) 234.9, 8 with a stash and sub-splits 250.0. The same
+configuration varies by up to 5% from one process to the next (prep_auto.txt: D128
+L2k 65.7). What the exchange costs at all, timed with ``DIAGNOSTIC`` (wrong results:
+each split its own statistics, or no clusters; prep_diag.txt): D128 L1k 35.5 us as
+shipped, 30.8 without the exchange, 29.6 without clusters; D128 L2k 63.3, 58.8, 58.2;
+D64 L1k 16.7, 14.2, 13.1; D64 L2k 35.7, 31.3, 29.3. So even with no synchronisation
+D128 L1k reaches only 80% of the 1 GB copy (a copy of its own 100 MB: 87%), and the
+exchange plus the cluster launch are 10-20% of the time at 1-2 blocks per split.
 
 Note [V mean]
 -------------
@@ -202,11 +221,20 @@ WARPGROUP_CHOICES = (1, 2)
 # QuantizeQKV is built (perf/prep_bandwidth.py --hints overrides it)
 CACHE_HINTS = "st+rr+p1+el"
 
+# perf/prep_bandwidth.py --diag only, results WRONG: "noexchange" skips the cluster
+# exchange (each split uses its own statistics), "nocluster" also launches without
+# clusters; what the exchange and the cluster launch cost. "": as shipped
+DIAGNOSTIC = ""
 
-def splits_for(seqlen_k: int, blk: int = 128) -> int:
-    """K/V splits for ``seqlen_k``: 16 once every split gets a block (smaller chunks
-    per CTA, so pass 2's re-reads more often hit L2), else 8."""
-    return 16 if seqlen_k >= 16 * blk else 8
+
+# 16 splits (smaller chunks per CTA, so pass 2's re-reads more often hit L2) from this
+# many blocks per (batch, head) on, per head_dim, else 8 (Note [Split count])
+SIXTEEN_SPLITS_MIN_BLOCKS = {128: 64, 64: 32}
+
+
+def splits_for(seqlen_k: int, head_dim: int = 128, blk: int = 128) -> int:
+    """K/V splits for ``seqlen_k`` (Note [Split count])."""
+    return 16 if -(-seqlen_k // blk) >= SIXTEEN_SPLITS_MIN_BLOCKS[head_dim] else 8
 
 
 def stash_for(seqlen_k: int, splits: int, blk: int = 128, warpgroups: int = 1) -> int:
@@ -250,7 +278,7 @@ class QuantizeQKV:
         gran: QuantGranularity,
         smooth_k: bool,
         geom: QuantGeometry,
-        splits: int = SPLIT_CHOICES[0],
+        splits: int = 8,
         with_q: bool = True,
         stash: int = 0,
         smooth_v: bool = False,
@@ -321,6 +349,10 @@ class QuantizeQKV:
         # Note [Block ring]: the ring's copies take an L2 policy, not a cache operator
         self.ring_once_policy = "evict_first" if hints & {"p1", "rr"} else None
         self.ring_keep_policy = "evict_last" if "el" in hints else None
+        if DIAGNOSTIC not in ("", "noexchange", "nocluster"):
+            raise ValueError(f"unknown diagnostic {DIAGNOSTIC!r}")
+        self.exchange = not DIAGNOSTIC
+        self.cluster = [1, 1, 1] if DIAGNOSTIC == "nocluster" else [splits, 1, 1]
 
     @staticmethod
     def can_implement(dtype, head_dim: int, geom: QuantGeometry) -> bool:
@@ -360,7 +392,7 @@ class QuantizeQKV:
         self.kernel(mQ, mK, mV, mQ8, mQs, mK8, mKs, mKm, mV8, mVs, mVm, mQm, mDelta, scale_max).launch(
             grid=[2 * self.splits + q_ctas, heads, mK.shape[0]],
             block=[self.num_threads, 1, 1],
-            cluster=[self.splits, 1, 1],
+            cluster=self.cluster,
             smem=self.smem_bytes(),
             stream=stream,
             min_blocks_per_mp=self.min_ctas_per_sm,
@@ -519,7 +551,8 @@ class QuantizeQKV:
                 quantize_block(blk_idx)
                 if j > 0:
                     self.pass2_done(copy_block, i, s_stash, t)
-            cute.arch.cluster_wait()  # no CTA leaves while another still reads its s_split
+            if const_expr(self.exchange):
+                cute.arch.cluster_wait()  # no CTA leaves while another still reads its s_split
         elif const_expr(self.ring > 0):
             # no mean: one pass, blocks in order through the ring (Note [Block ring])
             self.ring_fill(copy_block, n_mine, s_stash, t, rereads=False)
@@ -643,7 +676,8 @@ class QuantizeQKV:
                 self.store_half_group(rX, rInv, v8, row0, group, part, padded_len // 4, rMean, seqlen)
             if j > 0:
                 self.pass2_done(copy_block, i, s_stash, t)
-        cute.arch.cluster_wait()  # no CTA leaves while another still reads its s_split
+        if const_expr(self.exchange):
+            cute.arch.cluster_wait()  # no CTA leaves while another still reads its s_split
 
     def v_group(self, sub, group_in_block, i):
         """This thread's 16-token group of block ``i`` of (sub-)split ``sub``."""
@@ -905,6 +939,12 @@ class QuantizeQKV:
         cluster's splits, in rank order (threads >= head_dim get 0 or -inf). Arrives on
         the cluster barrier once it has read: the caller waits on it before leaving.
         ``while_waiting()`` runs between the arrive and the wait (Note [Block ring])."""
+        if const_expr(not self.exchange):  # DIAGNOSTIC: this split's own statistics
+            if const_expr(while_waiting is not None):
+                while_waiting()
+            return [cutlass.select_(tid < self.head_dim, s_split[tid % self.head_dim, i],
+                                    Float32(-Float32.inf) if const_expr(is_max[i]) else Float32(0.0))
+                    for i in range(len(is_max))]
         cute.arch.cluster_arrive()  # s_split written (release)
         if const_expr(while_waiting is not None):
             while_waiting()
