@@ -23,11 +23,15 @@ SHAPES = [
     (2, 4, 2, 257, 130, 64, True, "HND", ""),
     (1, 2, 2, 300, 300, 64, False, "NHD", ""),
     (1, 2, 1, 2100, 2300, 64, True, "HND", ""),  # three consumer warpgroups, causal (Lq >= 2048)
-    (1, 4, 2, 130, 2100, 128, False, "HND", "v"),  # smooth_v, 16 splits
+    (1, 4, 2, 130, 2100, 128, False, "HND", "v"),  # smooth_v, 8 splits with a stashed block
     (2, 2, 2, 77, 300, 64, True, "NHD", "v"),
-    (1, 4, 2, 130, 2100, 128, True, "HND", "q"),  # smooth_q: delta_s bulk copies, 16 splits
+    (1, 4, 2, 130, 2100, 128, True, "HND", "q"),  # smooth_q: delta_s bulk copies, 8 splits, a 2-slot ring
     (2, 2, 2, 77, 300, 128, False, "NHD", "q"),
     (2, 2, 2, 77, 300, 64, False, "NHD", "q"),  # once 1 racecheck hazard: the one-lane K release (release_k)
+    # Note [Split count]: K/V plans per (Lk, head_dim)
+    (1, 2, 1, 64, 4000, 128, False, "HND", ""),  # 8 splits, a 2-slot cp.async ring
+    (1, 2, 2, 64, 4000, 64, False, "NHD", ""),  # 16 splits with a stashed block
+    (1, 2, 2, 64, 8300, 128, False, "HND", "v"),  # smooth_v, 16 splits with a stashed block
 ]
 
 
