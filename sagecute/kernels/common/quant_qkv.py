@@ -102,7 +102,8 @@ re-reads save. H200, B4 H32 bf16 K/V, best of 3 interleaved runs (perf/prep_band
 a stashed block; a ring where ``ring_for`` gives one): D128 L2k 8s1 63.0 us, 16s0
 70.6, 16s1 70.5; D128 L4k 8 splits (ring 2) 120.8, 16s1 121.2; D64 L2k 8s1 35.9,
 16s1 38.7; D64 L4k 8s1 67.2, 16s1 64.1, so D64 keeps 16 there. D128 L8k, single
-runs: 16 splits (ring 2) 234.9, 8 with a stash and sub-splits 250.0. The same
+runs (an earlier process, output not kept): 16 splits (ring 2) 234.9, 8 with a stash
+and sub-splits 250.0. The same
 configuration varies by up to 5% from one process to the next (prep_auto.txt: D128
 L2k 65.7). What the exchange costs at all, timed with ``DIAGNOSTIC`` (wrong results:
 each split its own statistics, or no clusters; prep_diag.txt): D128 L1k 35.5 us as
@@ -278,7 +279,7 @@ class QuantizeQKV:
         gran: QuantGranularity,
         smooth_k: bool,
         geom: QuantGeometry,
-        splits: int = 8,
+        splits: int = SPLIT_CHOICES[0],
         with_q: bool = True,
         stash: int = 0,
         smooth_v: bool = False,
