@@ -4,6 +4,8 @@ a GPU, and their PTX uses the exact arithmetic the contract needs (Note
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from sagecute.quant_layout import SM89_GEOMETRY, SM90_GEOMETRY, V_TOKEN_PERM, QuantGranularity
@@ -46,7 +48,7 @@ def test_ptx_uses_exact_arithmetic(tmp_path):
         assert ptx["div.approx"] == 0 and ptx["div.full"] == 0, name
         assert ptx["div.rn.f32"] >= 1, name
         assert ptx[".local"] == 0, f"{name}: local memory (spills or stack arrays)"
-        if name.startswith(("quant_kv16r2", "quant_kv16r4")):  # Note [Block ring]: 16-byte cp.async
+        if re.match(r"quant_kv\d+r\d", name):  # Note [Block ring]: 16-byte cp.async
             assert ptx["cp.async.cg.shared.global"] >= 16, f"{name}: no 16-byte async copies"
         else:
             assert ptx["ld.global.v4"] >= 1, f"{name}: no 16-byte loads"
