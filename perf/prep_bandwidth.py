@@ -67,9 +67,7 @@ def main():
         kern.stash_for = auto if n == "auto" else (lambda *a, n=int(n): n)
         kern.warpgroups_for = auto_wg if wg == "auto" else (lambda *a, w=int(wg): w)
         quant_qkv.CACHE_HINTS = {"default": shipped, "none": ""}.get(hints, hints)
-        if quant_qkv.DIAGNOSTIC != (new_diag := "" if diag == "none" else diag):
-            quant_qkv.DIAGNOSTIC = new_diag
-            kern._compile_qkv_ffi.cache_clear()  # its key does not hold the diagnostic
+        quant_qkv.DIAGNOSTIC = "" if diag == "none" else diag
         kern._QKV_PLANS.clear()
 
     if args.ncu_one:  # the first --stash / --hints / --wg value

@@ -183,10 +183,10 @@ def _compile_v_fp8_ffi(dtype, head_dim: int, geom: QuantGeometry, arch, extra: s
 def _compile_qkv_ffi(
     dtype, head_dim: int, gran: QuantGranularity, smooth_k: bool, geom: QuantGeometry, splits: int, with_q: bool,
     stash: int, smooth_v: bool, smooth_q: bool, warpgroups: int, ring: int, arch, extra="",
-    cache_hints: Optional[str] = None,
+    cache_hints: Optional[str] = None, diagnostic: Optional[str] = None,
 ):  # fmt: skip
     op = QuantizeQKV(dtype, head_dim, gran, smooth_k, geom, splits, with_q, stash, smooth_v, cache_hints, smooth_q,
-                     warpgroups, ring)
+                     warpgroups, ring, diagnostic)
     return cute.compile(
         op,
         _fake_in(dtype, head_dim) if with_q else None, _fake_in(dtype, head_dim), _fake_in(dtype, head_dim),
@@ -669,7 +669,8 @@ def quantize_qkv_cute(
     if plan.compile_args is None or not _PATH.use_ffi():
         return standalone()
     if plan.compiled is None:  # the pointer path never needs it
-        plan.compiled = _compile_qkv_ffi(*plan.compile_args, cache_hints=quant_qkv.CACHE_HINTS)
+        plan.compiled = _compile_qkv_ffi(*plan.compile_args, cache_hints=quant_qkv.CACHE_HINTS,
+                                         diagnostic=quant_qkv.DIAGNOSTIC)
     if plan.aligned_strides and not (q.data_ptr() % 16 or k.data_ptr() % 16 or v.data_ptr() % 16):
         qa, ka, va = q, k, v
     else:

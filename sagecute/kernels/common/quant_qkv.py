@@ -224,7 +224,8 @@ CACHE_HINTS = "st+rr+p1+el"
 
 # perf/prep_bandwidth.py --diag only, results WRONG: "noexchange" skips the cluster
 # exchange (each split uses its own statistics), "nocluster" also launches without
-# clusters; what the exchange and the cluster launch cost. "": as shipped
+# clusters; what the exchange and the cluster launch cost. "": as shipped. Read, like
+# CACHE_HINTS, when a QuantizeQKV is built and part of the compile cache's key
 DIAGNOSTIC = ""
 
 
@@ -287,6 +288,7 @@ class QuantizeQKV:
         smooth_q: bool = False,
         warpgroups: int = 1,
         ring: int = 0,
+        diagnostic: Optional[str] = None,
     ):
         if (not self.can_implement(dtype, head_dim, geom) or splits not in SPLIT_CHOICES or stash not in STASH_CHOICES
                 or warpgroups not in WARPGROUP_CHOICES or (with_q and warpgroups > 1) or ring not in RING_CHOICES
@@ -350,10 +352,11 @@ class QuantizeQKV:
         # Note [Block ring]: the ring's copies take an L2 policy, not a cache operator
         self.ring_once_policy = "evict_first" if hints & {"p1", "rr"} else None
         self.ring_keep_policy = "evict_last" if "el" in hints else None
-        if DIAGNOSTIC not in ("", "noexchange", "nocluster"):
-            raise ValueError(f"unknown diagnostic {DIAGNOSTIC!r}")
-        self.exchange = not DIAGNOSTIC
-        self.cluster = [1, 1, 1] if DIAGNOSTIC == "nocluster" else [splits, 1, 1]
+        diagnostic = DIAGNOSTIC if diagnostic is None else diagnostic
+        if diagnostic not in ("", "noexchange", "nocluster"):
+            raise ValueError(f"unknown diagnostic {diagnostic!r}")
+        self.exchange = not diagnostic
+        self.cluster = [1, 1, 1] if diagnostic == "nocluster" else [splits, 1, 1]
 
     @staticmethod
     def can_implement(dtype, head_dim: int, geom: QuantGeometry) -> bool:
