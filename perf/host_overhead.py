@@ -30,7 +30,7 @@ from collections import defaultdict
 import torch
 
 import sagecute
-from sagecute import api, dispatch, preprocess
+from sagecute import api, dispatch, fast_call, preprocess
 
 
 def _install_fakes() -> None:
@@ -262,15 +262,18 @@ def main() -> None:
     if cuda:
         # sleep long enough to cover the host loop even at 1 ms a call
         sleep_cycles = int(_sleep_cycles_per_ms() * a.n * 1.0)
-    times, waited = [], False
-    for _ in range(a.rounds):
-        dt, never_waited = _host_loop(call, a.n, cuda, sleep_cycles)
-        times.append(dt)
-        waited |= not never_waited
-    host = statistics.median(times) * 1e6
-    print(f"\nhost time per call: {host:.1f} us (median of {a.rounds} x {a.n} calls; "
-          f"min {min(times) * 1e6:.1f}, max {max(times) * 1e6:.1f})"
-          + ("  WARNING: the GPU went idle during a loop" if waited else ""))
+    for fast in (True, False):  # Note [Fast call]: the shipped path, then the normal one
+        fast_call.ENABLED = fast
+        times, waited = [], False
+        for _ in range(a.rounds):
+            dt, never_waited = _host_loop(call, a.n, cuda, sleep_cycles)
+            times.append(dt)
+            waited |= not never_waited
+        host = statistics.median(times) * 1e6
+        print(f"\nhost time per call, {'fast call' if fast else 'normal path (fast call off)'}: {host:.1f} us "
+              f"(median of {a.rounds} x {a.n} calls; min {min(times) * 1e6:.1f}, max {max(times) * 1e6:.1f})"
+              + ("  WARNING: the GPU went idle during a loop" if waited else ""))
+    fast_call.ENABLED = True
     if cuda:
         torch.cuda.synchronize()
         s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -281,9 +284,11 @@ def main() -> None:
         torch.cuda.synchronize()
         print(f"GPU time per call (back to back): {s.elapsed_time(e) / a.n * 1e3:.1f} us")
 
-    print("\nper-call stages (us):")
+    print("\nper-call stages of the normal path (us; the fast call skips the staged functions):")
+    fast_call.ENABLED = False
     for k_, v_ in sorted(_stages(call, a.n, cuda, sleep_cycles).items()):
         print(f"  {k_:32s} {v_ * 1e6:8.1f}")
+    fast_call.ENABLED = True
 
     if cuda:
         kernels, ops = _launches(call)

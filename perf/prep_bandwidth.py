@@ -35,7 +35,7 @@ from sagecute.quant_layout import QuantGranularity  # noqa: E402
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--stash", default="auto,0,1",
-                   help="stashed blocks per split; 'SsN' pins splits S and stash N (e.g. 4s1, 16s2)")
+                   help="stashed blocks per split; 'SsN' pins splits S and stash N (e.g. 4s1, 16s2), 'SsNrR' also ring R")
     p.add_argument("--hints", default="default",
                    help="comma-separated quant_qkv.CACHE_HINTS values to time ('none': no hint, 'default': as shipped)")
     p.add_argument("--wg", default="auto",
@@ -61,6 +61,8 @@ def main():
     def pin(stash: str, hints: str, wg: str, ring: str = "auto", diag: str = "none") -> None:
         """Plan the next calls with these stash / hints / warpgroups / ring / diagnostic
         (``auto``, ``none``: as shipped)."""
+        stash, _, own_ring = stash.partition("r")  # "SsNrR": this stash token pins its ring too
+        ring = own_ring or ring
         kern.ring_for = auto_ring if ring == "auto" else (lambda *a, r=int(ring): r)
         splits, _, n = stash.rpartition("s")
         kern.splits_for = auto_splits if not splits else (lambda *a, c=int(splits): c)

@@ -11,12 +11,11 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-from . import dispatch, reference
+from . import dispatch, fast_call, reference
 from .plan_cache import cached_plan
 from .preprocess import QuantizedInputs, quantize_inputs
 from .quant_layout import FUSED_Q_GRANULARITIES, PvAccum, QuantGranularity
@@ -333,6 +332,9 @@ def sageattn(
             opts["pv_accum_dtype"], opts["smooth_k"], opts["smooth_v"], opts["smooth_q"], plan.spec.backend,
         )  # fmt: skip
     else:
+        o = _fast_call(plan, q, k, v, tensor_layout, is_causal, return_lse)
+        if o is not None:
+            return o
         o, lse = _forward(
             q, k, v, tensor_layout, is_causal, plan.sm_scale, return_lse, plan.gran, plan.pv_accum,
             opts["smooth_k"], opts["smooth_v"], opts["smooth_q"], plan.spec.backend,
@@ -340,7 +342,31 @@ def sageattn(
     return (o, lse) if return_lse else o
 
 
-class _CallPlan(NamedTuple):
+def _fast_call(plan: _CallPlan, q, k, v, layout, is_causal, return_lse):
+    """``o`` through the signature's FastCall, or None for the normal path (Note [Fast call])."""
+    fast = plan.fast
+    if fast is None:
+        opts = plan.opts
+        served = (fast_call.ENABLED and plan.spec.backend == "sm90" and not return_lse and not opts["smooth_q"])
+        try:
+            fast = served and fast_call.build(
+                q, k, v, layout, is_causal, plan.sm_scale, plan.gran, plan.pv_accum, opts["smooth_k"],
+                opts["smooth_v"], _sm90_config_after_preprocess,
+            )  # fmt: skip
+        except Exception:  # noqa: BLE001 - the normal path raises or falls back as it always did
+            fast = None
+        plan.fast = fast = fast or False
+    if not fast or not fast_call.ENABLED:
+        return None
+    try:
+        return fast(q, k, v)
+    except Exception:  # noqa: BLE001 - a failed launch: the normal path retries, falls back and says why
+        plan.fast = False
+        return None
+
+
+@dataclass(eq=False)
+class _CallPlan:
     """What validation and dispatch concluded for one call signature."""
 
     batch: int
@@ -352,6 +378,8 @@ class _CallPlan(NamedTuple):
     pv_accum: PvAccum
     spec: dispatch.KernelSpec
     warn: bool  # auto dispatch fell back to SDPA: warn once per reason
+    # Note [Fast call]: the signature's FastCall once made, False where it serves none
+    fast: object = None
 
 
 def _make_plan(q, k, v, tensor_layout, is_causal, sm_scale, kwargs) -> _CallPlan:

@@ -68,6 +68,11 @@ class PvAccum(enum.Enum):
     FP32_FP16 = "fp32+fp16"  # fp16 partial sums per 64 keys (V at +-2.25), promoted to fp32
 
 
+def v_scale_max(pv_accum: PvAccum) -> float:
+    """The largest |V| payload ``pv_accum`` allows: e4m3's max, or 2.25 for fp16 sums."""
+    return FP8_SCALE_MAX_FP16_ACCUM if pv_accum is PvAccum.FP32_FP16 else FP8_E4M3_MAX
+
+
 # Q granularities the sm90 kernel quantizes itself (Note [Fused Q quantization] in
 # kernels/sm90/attn_fwd.py): their scale groups lie inside one thread's / warp's rows
 FUSED_Q_GRANULARITIES = (QuantGranularity.PER_THREAD, QuantGranularity.PER_WARP)

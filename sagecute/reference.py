@@ -19,7 +19,6 @@ import torch
 from .quant_layout import (
     FP8_E4M3_MAX,
     FP16_ACC_KEYS,
-    FP8_SCALE_MAX_FP16_ACCUM,
     INT8_AMAX_FLOOR,
     INT8_MAX,
     LOG2E,
@@ -30,6 +29,7 @@ from .quant_layout import (
     PvAccum,
     QuantGeometry,
     QuantGranularity,
+    v_scale_max,
     cdiv,
 )
 
@@ -369,7 +369,7 @@ def _emulate_int8_fp8(
         q8, qs = quantize_qk_int8(qh, gran, geom, is_k=False)
         delta_s_rows = None
     vm = v_mean(vh) if smooth_v else None
-    scale_max = FP8_SCALE_MAX_FP16_ACCUM if pv_accum is PvAccum.FP32_FP16 else FP8_E4M3_MAX
+    scale_max = v_scale_max(pv_accum)
     v8, vs = quantize_v_fp8(vh, geom, scale_max=scale_max, mean=vm)
     v8 = unpermute_v_fp8(v8, lk)  # fp32 payload [B,Hkv,Lk,D]
     if rowsum_p8:

@@ -102,6 +102,21 @@ def test_cached_call_plan_still_validates(monkeypatch):
     assert len(api._PLANS) == 1
 
 
+def test_fast_call_serves_no_cpu_call_and_remembers_it(monkeypatch):
+    """Note [Fast call]: only CUDA inputs on the sm90 backend; a plan it cannot serve
+    is marked once (False), and the normal path answers."""
+    from sagecute import fast_call
+    from sagecute.quant_layout import PvAccum, QuantGranularity
+
+    monkeypatch.setattr(api, "_PLANS", {})
+    q, k, v = _qkv(hkv=4)
+    assert fast_call.build(q, k, v, "HND", False, 0.1, QuantGranularity.PER_THREAD, PvAccum.FP32_FP32, True, False,
+                           None) is None
+    o = sagecute.sageattn(q, k, v, backend="sdpa")
+    (plan,) = api._PLANS.values()
+    assert plan.fast is False and o.shape == q.shape
+
+
 def test_sm90_host_path_layouts_padding_lse(monkeypatch):
     """The API around the sm90 kernel, without a GPU: the kernel is a stand-in that
     copies the INT8 Q payload to o, so o shows where each row and channel went."""

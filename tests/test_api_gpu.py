@@ -223,3 +223,79 @@ def test_reference_and_sdpa_backends_on_gpu(backend):
     exact, lse_exact = reference.attention_exact(q, k, v, is_causal=True, return_lse=True)
     assert error_metrics(o, exact).cosine > 0.998
     assert (lse - lse_exact).abs().max() < 0.05
+
+
+# Note [Fast call]: the per-signature fast path vs the normal path, bit for bit
+FAST_CASES = [
+    # b, hq, hkv, lq, lk, d, causal, layout, dtype, kind, options
+    (2, 8, 8, 1000, 1000, 128, False, "HND", torch.bfloat16, "normal", {}),
+    (1, 8, 2, 127, 4096, 64, True, "NHD", torch.float16, "outlier", {}),
+    (1, 4, 1, 1, 17, 128, False, "HND", torch.bfloat16, "peaked", {}),
+    (2, 4, 4, 300, 129, 64, True, "HND", torch.bfloat16, "outlier_kv", {"smooth_v": True}),
+    (1, 4, 4, 513, 700, 128, True, "HND", torch.bfloat16, "normal",
+     {"qk_quant_gran": "per_warp", "pv_accum_dtype": "fp32+fp16"}),
+    (1, 4, 2, 2048, 2048, 128, False, "NHD", torch.bfloat16, "normal", {"smooth_k": False}),
+]
+
+
+def _fast_plans():
+    from sagecute import api, fast_call
+
+    return [p.fast for p in api._PLANS.values() if isinstance(p.fast, fast_call.FastCall)]
+
+
+@needs_sm90
+@pytest.mark.parametrize("case", FAST_CASES, ids=lambda c: f"b{c[0]}h{c[1]}/{c[2]}q{c[3]}k{c[4]}d{c[5]}"
+                         f"{'c' if c[6] else ''}{c[7]}-{c[9]}-{'-'.join(c[10]) or 'default'}")
+def test_fast_call_matches_the_normal_path(case, monkeypatch):
+    from sagecute import api, fast_call
+
+    b, hq, hkv, lq, lk, d, causal, layout, dtype, kind, opts = case
+    monkeypatch.setattr(api, "_PLANS", {})
+    for call in range(2):  # the first call makes the FastCall, the second reuses it and its scratch
+        q, k, v = make_qkv(b, hq, hkv, lq, lk, d, dtype=dtype, device="cuda", kind=kind, layout=layout)
+        before = [t.clone() for t in (q, k, v)]
+        monkeypatch.setattr(fast_call, "ENABLED", True)
+        fast = sagecute.sageattn(q, k, v, tensor_layout=layout, is_causal=causal, backend="sm90", **opts)
+        assert len(_fast_plans()) == 1, "the fast path did not serve the call"
+        monkeypatch.setattr(fast_call, "ENABLED", False)
+        normal = sagecute.sageattn(q, k, v, tensor_layout=layout, is_causal=causal, backend="sm90", **opts)
+        for t, t0 in zip((q, k, v), before):
+            assert torch.equal(t, t0), "an input was modified"
+        assert fast.shape == q.shape and fast.dtype == q.dtype and fast.is_contiguous()
+        assert torch.isfinite(fast).all()
+        assert torch.equal(fast, normal), (call, (fast.float() - normal.float()).abs().max())
+    emu = reference.sageattn_reference(q, k, v, layout, causal, arch="sm90", **opts)
+    exact = reference.attention_exact(q, k, v, layout, causal)
+    vs_emu, emu_exact = error_metrics(fast, emu), error_metrics(emu, exact)
+    assert vs_emu.rel_l1 <= max(0.1 * emu_exact.rel_l1, 2e-3), (vs_emu, emu_exact)
+
+
+@needs_sm90
+def test_fast_call_declines_misaligned_inputs_lse_and_graph_capture(monkeypatch):
+    from sagecute import api, fast_call
+
+    monkeypatch.setattr(api, "_PLANS", {})
+    monkeypatch.setattr(fast_call, "ENABLED", True)
+    q, k, v = make_qkv(1, 4, 4, 256, 384, 128, device="cuda")
+    expect = sagecute.sageattn(q, k, v, backend="sm90")
+    assert len(_fast_plans()) == 1
+    # same signature (shape, strides), base 2 bytes off 16: the normal path copies q
+    buf = torch.empty(q.numel() + 8, dtype=q.dtype, device="cuda")
+    q_off = buf[1 : 1 + q.numel()].view(q.shape)
+    q_off.copy_(q)
+    assert q_off.stride() == q.stride() and q_off.data_ptr() % 16
+    assert torch.equal(sagecute.sageattn(q_off, k, v, backend="sm90"), expect)
+    # LSE: the normal path (its own plan)
+    o, lse = sagecute.sageattn(q, k, v, backend="sm90", return_lse=True)
+    assert torch.equal(o, expect) and torch.isfinite(lse).all()
+    # CUDA graph capture: fresh outputs each call, not the stream's scratch
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        sagecute.sageattn(q, k, v, backend="sm90")
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=stream):
+            captured = sagecute.sageattn(q, k, v, backend="sm90")
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(captured, expect)

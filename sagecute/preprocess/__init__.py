@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import reference
-from ..quant_layout import FP8_E4M3_MAX, FP8_SCALE_MAX_FP16_ACCUM, SM90_GEOMETRY, PvAccum, QuantGranularity
+from ..quant_layout import SM90_GEOMETRY, PvAccum, QuantGranularity, v_scale_max
 
 
 @dataclass
@@ -76,7 +76,7 @@ def quantize_inputs(
     is quantized here as usual). ``smooth_q`` (sm90: one Q mean per head): also Q's
     mean and ``delta_s``; Q is then quantized minus its mean
     (here, or by the attention kernel with ``fuse_q``)."""
-    scale_max = FP8_SCALE_MAX_FP16_ACCUM if pv_accum is PvAccum.FP32_FP16 else FP8_E4M3_MAX
+    scale_max = v_scale_max(pv_accum)
     cute = _cute_quantizers() if (use_cute is not False and qh.is_cuda) else None
     if cute is not None:
         # with fuse_q the attention kernel takes Q as is, TMA-ready: any copy that needs

@@ -592,6 +592,30 @@ def _qkv_plan(
     return _QkvPlan(compile_args, shapes, all(_strides_aligned(t) for t in (q, k, v)))
 
 
+def qkv_call_plan(q, k, v, gran, smooth_k: bool, geom: QuantGeometry, with_q: bool, smooth_v: bool,
+                  smooth_q: bool = False):
+    """``(key, plan)`` of ``quantize_qkv_cute``'s argument signature (Note [Preprocess
+    host cost]); the key also names its scratch outputs (``qkv_outputs``)."""
+    key = (q.shape, q.stride(), k.shape, k.stride(), v.shape, v.stride(), q.dtype, k.dtype, v.dtype,
+           q.device, gran, bool(smooth_k), geom, with_q, bool(smooth_v), smooth_q)  # fmt: skip
+    return key, cached_plan(_QKV_PLANS, key, lambda: _qkv_plan(q, k, v, gran, smooth_k, geom, with_q, smooth_v,
+                                                               smooth_q))
+
+
+def qkv_compiled(plan: _QkvPlan):
+    """The plan's one-launch TVM-FFI kernel, compiled on first use (``compile_args`` set)."""
+    if plan.compiled is None:
+        plan.compiled = _compile_qkv_ffi(*plan.compile_args, cache_hints=quant_qkv.CACHE_HINTS,
+                                         diagnostic=quant_qkv.DIAGNOSTIC)
+    return plan.compiled
+
+
+def qkv_scratch(key, stream: int):
+    """The scratch outputs of signature ``key`` on raw stream ``stream``, or None if none
+    are kept (``_qkv_outputs(scratch=True)`` makes them)."""
+    return _SCRATCH.get((key, stream))
+
+
 def _qkv_outputs(plan: _QkvPlan, key, device, scratch: bool):
     if scratch and not torch.cuda.is_current_stream_capturing():
         skey = (key, torch.cuda.current_stream(device).cuda_stream)
@@ -647,9 +671,7 @@ def quantize_qkv_cute(
     smooth_q = q_mean is not None
     if smooth_q and with_q:
         raise ValueError("q_mean (smooth_q) needs with_q=False")
-    key = (q.shape, q.stride(), k.shape, k.stride(), v.shape, v.stride(), q.dtype, k.dtype, v.dtype,
-           q.device, gran, bool(smooth_k), geom, with_q, bool(smooth_v), smooth_q)  # fmt: skip
-    plan = cached_plan(_QKV_PLANS, key, lambda: _qkv_plan(q, k, v, gran, smooth_k, geom, with_q, smooth_v, smooth_q))
+    key, plan = qkv_call_plan(q, k, v, gran, smooth_k, geom, with_q, smooth_v, smooth_q)
 
     def standalone():
         g = QuantGranularity(gran)
@@ -668,9 +690,7 @@ def quantize_qkv_cute(
 
     if plan.compile_args is None or not _PATH.use_ffi():
         return standalone()
-    if plan.compiled is None:  # the pointer path never needs it
-        plan.compiled = _compile_qkv_ffi(*plan.compile_args, cache_hints=quant_qkv.CACHE_HINTS,
-                                         diagnostic=quant_qkv.DIAGNOSTIC)
+    qkv_compiled(plan)  # the pointer path never needs it
     if plan.aligned_strides and not (q.data_ptr() % 16 or k.data_ptr() % 16 or v.data_ptr() % 16):
         qa, ka, va = q, k, v
     else:

@@ -382,8 +382,7 @@ def attn_fwd_sm90(
     quantized minus q_mean and every score of key j gets delta_s[j] back.
     """
     args = (q_int8, q_scale, k_int8, k_scale, v_fp8, v_scale, o, lse, v_mean, q_mean, delta_s)
-    sig = _signature(args, is_causal, granularity, pv_accum, config)
-    plan = cached_plan(_PLANS, sig, lambda: _plan(*args, is_causal, granularity, pv_accum, config))
+    plan = launch_plan(args, is_causal, granularity, pv_accum, config)
     _check_pointers(q_int8, k_int8, v_fp8, o, q_mean, delta_s)
     if plan.key is None:
         return
@@ -394,14 +393,26 @@ def attn_fwd_sm90(
     )  # fmt: skip
 
 
+def launch_plan(args: tuple, is_causal, granularity, pv_accum, config) -> _LaunchPlan:
+    """The checked plan of ``attn_fwd_sm90``'s arguments ``args`` (``q_int8 .. delta_s``)."""
+    sig = _signature(args, is_causal, granularity, pv_accum, config)
+    return cached_plan(_PLANS, sig, lambda: _plan(*args, is_causal, granularity, pv_accum, config))
+
+
+def plan_ffi(plan: _LaunchPlan):
+    """The plan's TVM-FFI kernel, compiled on first use; its arguments are
+    ``_launch_ffi``'s: ``(q .. delta_s with v_fp8 as uint8, scale_log2, max_ctas)``."""
+    if plan.ffi is None:
+        plan.ffi = compile_attn_fwd_sm90_ffi(*plan.key)
+    return plan.ffi
+
+
 def _launch_ffi(plan, q_int8, q_scale, k_int8, k_scale, v_fp8, v_scale, o, lse, v_mean, q_mean, delta_s,
                 scale_log2) -> None:
     import torch
 
-    if plan.ffi is None:
-        plan.ffi = compile_attn_fwd_sm90_ffi(*plan.key)
-    plan.ffi(q_int8, q_scale, k_int8, k_scale, v_fp8.view(torch.uint8), v_scale, o, lse, v_mean, q_mean, delta_s,
-             scale_log2, plan.max_ctas)
+    plan_ffi(plan)(q_int8, q_scale, k_int8, k_scale, v_fp8.view(torch.uint8), v_scale, o, lse, v_mean, q_mean,
+                   delta_s, scale_log2, plan.max_ctas)
 
 
 def _launch_pointer(key, q_int8, q_scale, k_int8, k_scale, v_fp8, v_scale, o, lse, v_mean, q_mean, delta_s, sm_scale,
