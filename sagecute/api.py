@@ -344,19 +344,20 @@ def sageattn(
 
 def _fast_call(plan: _CallPlan, q, k, v, layout, is_causal, return_lse):
     """``o`` through the signature's FastCall, or None for the normal path (Note [Fast call])."""
+    if return_lse or not fast_call.ENABLED:  # the plan's key leaves return_lse out
+        return None
     fast = plan.fast
     if fast is None:
         opts = plan.opts
-        served = (fast_call.ENABLED and plan.spec.backend == "sm90" and not return_lse and not opts["smooth_q"])
         try:
-            fast = served and fast_call.build(
+            fast = plan.spec.backend == "sm90" and not opts["smooth_q"] and fast_call.build(
                 q, k, v, layout, is_causal, plan.sm_scale, plan.gran, plan.pv_accum, opts["smooth_k"],
                 opts["smooth_v"], _sm90_config_after_preprocess,
             )  # fmt: skip
         except Exception:  # noqa: BLE001 - the normal path raises or falls back as it always did
             fast = None
         plan.fast = fast = fast or False
-    if not fast or not fast_call.ENABLED:
+    if not fast:
         return None
     try:
         return fast(q, k, v)

@@ -56,7 +56,7 @@ class FastCall:
         outs = _kernels().qkv_scratch(self.qkv_key, stream)
         if outs is None:
             return None  # the normal path makes them
-        _, _, k8, ks, km, v8, vs, vm = outs
+        _, _, k8, ks, km, v8, vs, vm, _ = outs  # no delta_s: no smooth_q
         if self.nhd:
             q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         v8 = v8.view(torch.uint8)
@@ -92,7 +92,7 @@ def build(q, k, v, layout: str, is_causal: bool, sm_scale: float, gran, pv_accum
     fast = FastCall()
     fast.qkv_key, fast.qkv = key, kern.qkv_compiled(plan)
     # the attention plan of the normal path's arguments: scratch-shaped K/V, a dense o
-    _, _, k8, ks, km, v8, vs, vm = kern._qkv_outputs(plan, key, q.device, True)  # this stream's scratch
+    _, _, k8, ks, km, v8, vs, vm, _ = kern._qkv_outputs(plan, key, q.device, True)  # this stream's scratch
     b, hq, lq, d = qh.shape
     out = torch.empty((b, lq, hq, d) if layout == "NHD" else (b, hq, lq, d), dtype=q.dtype, device=q.device)
     o_hnd = out.transpose(1, 2) if layout == "NHD" else out

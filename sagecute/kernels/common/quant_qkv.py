@@ -90,7 +90,18 @@ better. At 4 CTAs per SM at most 62 clusters of 8 are resident (ncu): G = 4's 64
 clusters need a second wave, and every G trades the hardware's fine-grained refill of
 finished CTAs for coarser units, so the tail grows more than the prefetch hides. A
 prefetch issued before the exchange's releasing arrive is also waited for there (as in
-Note [Block ring]).
+Note [Block ring]). Also tried (perf/results/2026-12-04_h200_fastcall/, best of 3
+interleaved runs, each against the shipped plan in the same process; the extra split,
+ring and warpgroup counts were allowed for the measurement only): fewer splits with
+every block in a deeper ring, so less waits in lockstep, D128 L1k 35.5 us -> 36.1 (4
+splits, ring 2), 43.5 (2, ring 4); D64 L1k 16.6 -> 18.5 (4, ring 2), 21.4 (2, ring 4),
+26.2 (1 split, ring 8: no exchange at all, but 4 warps per SM); D128 L2k 61.8 -> 69.0
+(4, ring 2), 82.0 (4, ring 4). Larger CTAs, the statistics meeting in the CTA instead
+of the cluster (Note [Sub-splits] with the same 8 blocks per (batch, head)): D128 L1k
+35.3 -> 36.9 (4 splits x 2 warpgroups; 32.0 even with no clusters at all), 40.6 (2 x
+4); D64 L1k 16.3 -> 17.4, 20.6. More CTAs per SM (``min_blocks_per_mp`` 5, 6, 8 at D128;
+6, 8, 12 at D64): equal at 5 and 6, then slower (spills). So the finest grain, one
+128-thread CTA per block, stays the fastest, and what is left is the lockstep itself.
 
 Note [Split count]
 ------------------
