@@ -2,10 +2,11 @@
 
 Note [Fast call]
 ----------------
-A short call's host time was as long as its GPU time: B4 H32 L1k on the H200 host,
-96 us per call at head_dim 64 (GPU 97 us) and 112 us at 128 (GPU 142 us), spread over
-~120 small Python steps through the API, the preprocessing and the sm90 launch
-(plan lookups, each layer's key, config, stream and path checks). Every one of them
+A short call's host time could be as long as its GPU time: B4 H32 L1k, 96 us per call
+at head_dim 64 (GPU 97 us) and 112 us at 128 (GPU 142 us) on one H200 machine, 54-55 us
+on another (perf/results/2026-12-04_h200_fastcall/host_d*.txt), spread over ~120 small
+Python steps through the API, the preprocessing and the sm90 launch (plan lookups,
+each layer's key, config, stream and path checks). With the fast call: 23-24 us. Every one of them
 depends only on the call's signature, which the API's plan already keys on
 (Note [Plan caches]). So a ``FastCall``, made once per API plan where the call is one
 the two TVM-FFI kernels serve directly, keeps what those layers decided (the compiled
@@ -51,8 +52,10 @@ class FastCall:
         """``o`` of the call, or None where the normal path must serve it."""
         if (q.data_ptr() | k.data_ptr() | v.data_ptr()) % 16 or torch.cuda.is_current_stream_capturing():
             return None
-        stream = _raw_stream(self.device_index) if _raw_stream is not None else \
-            torch.cuda.current_stream(self.device).cuda_stream
+        if _raw_stream is not None:
+            stream = _raw_stream(self.device_index)
+        else:
+            stream = torch.cuda.current_stream(self.device).cuda_stream
         outs = _kernels().qkv_scratch(self.qkv_key, stream)
         if outs is None:
             return None  # the normal path makes them
