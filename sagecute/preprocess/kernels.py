@@ -595,7 +595,7 @@ def _qkv_plan(
 def qkv_call_plan(q, k, v, gran, smooth_k: bool, geom: QuantGeometry, with_q: bool, smooth_v: bool,
                   smooth_q: bool = False):
     """``(key, plan)`` of ``quantize_qkv_cute``'s argument signature (Note [Preprocess
-    host cost]); the key also names its scratch outputs (``qkv_outputs``)."""
+    host cost]); the key also names its scratch outputs (``qkv_scratch``)."""
     key = (q.shape, q.stride(), k.shape, k.stride(), v.shape, v.stride(), q.dtype, k.dtype, v.dtype,
            q.device, gran, bool(smooth_k), geom, with_q, bool(smooth_v), smooth_q)  # fmt: skip
     return key, cached_plan(_QKV_PLANS, key, lambda: _qkv_plan(q, k, v, gran, smooth_k, geom, with_q, smooth_v,
