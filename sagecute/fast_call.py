@@ -4,7 +4,7 @@ Note [Fast call]
 ----------------
 A short call's host time could be as long as its GPU time: B4 H32 L1k, 96 us per call
 at head_dim 64 (GPU 97 us) and 112 us at 128 (GPU 142 us) on one H200 machine, 54-55 us
-on another (perf/results/2026-12-04_h200_fastcall/host_d*.txt), spread over ~120 small
+on another (perf/results/2026-12-04_h200_fastcall/host_first_machine.txt, host_d*.txt), spread over ~120 small
 Python steps through the API, the preprocessing and the sm90 launch (plan lookups,
 each layer's key, config, stream and path checks). Every one of them depends only on
 the call's signature, which the API's plan already keys on (Note [Plan caches]). So a
