@@ -4,14 +4,15 @@ Note [Fast call]
 ----------------
 A short call's host time could be as long as its GPU time: B4 H32 L1k, 96 us per call
 at head_dim 64 (GPU 97 us) and 112 us at 128 (GPU 142 us) on one H200 machine, 54-55 us
-on another (perf/results/2026-12-04_h200_fastcall/host_first_machine.txt, host_d*.txt), spread over ~120 small
-Python steps through the API, the preprocessing and the sm90 launch (plan lookups,
-each layer's key, config, stream and path checks). Every one of them depends only on
-the call's signature, which the API's plan already keys on (Note [Plan caches]). So a
-``FastCall``, made once per API plan where the call is one the two TVM-FFI kernels
-serve directly, keeps what those layers decided (the compiled K/V preprocessing, the
-attention kernel, its grid cap and scalars), and each call does only what depends on
-more than the signature (23-24 us a call on the second machine):
+on another (perf/results/2026-12-04_h200_fastcall/: host_first_machine.txt,
+host_d*.txt), spread over ~120 small Python steps through the API, the preprocessing
+and the sm90 launch (plan lookups, each layer's key, config, stream and path checks).
+Every one of them depends only on the call's signature, which the API's plan already
+keys on (Note [Plan caches]). So a ``FastCall``, made once per API plan where the call
+is one the two TVM-FFI kernels serve directly, keeps what those layers decided (the
+compiled K/V preprocessing, the attention kernel, its grid cap and scalars), and each
+call does only what depends on more than the signature (23-24 us a call on the second
+machine):
 
   * the inputs' base alignment (16 bytes, the kernels' vector loads and TMA) and
     whether a CUDA graph is being captured; either sends the call down the normal path;
