@@ -271,3 +271,47 @@ def test_backward_says_forward_only():
     o = sagecute.sageattn(q, k, v, backend="reference")
     with pytest.raises(NotImplementedError, match="forward-only"):
         o.float().sum().backward()
+
+
+@pytest.mark.parametrize("nhd", [False, True])
+def test_fast_call_launch_arguments(monkeypatch, nhd):
+    """Note [Fast call]: a FastCall hands the two kernels what the normal path does (the
+    stream's scratch outputs, v as uint8, the HND views), and declines misaligned bases
+    and a stream without scratch outputs. CPU tensors and stand-in kernels."""
+    from sagecute import fast_call
+    from sagecute.preprocess import kernels as kern
+
+    b, h, length, d = 1, 2, 8, 64
+    calls = []
+    scratch = (None, None, torch.empty(b, h, length, d, dtype=torch.int8), torch.empty(b, h, 1),
+               torch.empty(b, h, 1, d, dtype=torch.bfloat16), torch.empty(b, h, d, 128, dtype=torch.float8_e4m3fn),
+               torch.empty(b, h, d), None, None)  # fmt: skip
+    monkeypatch.setattr(kern, "_SCRATCH", {(("sig",), 7): scratch})
+    monkeypatch.setattr(fast_call, "_raw_stream", lambda index: 7)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    fast = fast_call.FastCall()
+    fast.qkv_key = ("sig",)
+    fast.qkv, fast.attn = (lambda *a: calls.append(("qkv", a))), (lambda *a: calls.append(("attn", a)))
+    fast.max_ctas, fast.scale_max, fast.scale_log2, fast.nhd = 132, 448.0, 0.18, nhd
+    fast.out_shape = (b, length, h, d) if nhd else (b, h, length, d)
+    fast.dtype, fast.device, fast.device_index = torch.bfloat16, torch.device("cpu"), 0
+    shape = (b, length, h, d) if nhd else (b, h, length, d)
+    q, k, v = (torch.randn(shape, dtype=torch.bfloat16) for _ in range(3))
+    o = fast(q, k, v)
+    assert o.shape == shape and o.dtype == torch.bfloat16 and o.is_contiguous()
+    (_, pre), (_, att) = calls
+    hnd = (lambda t: t.transpose(1, 2)) if nhd else (lambda t: t)
+    _, _, k8, ks, km, v8, vs, _, _ = scratch
+    assert pre[0] is None and pre[3] is None and pre[4] is None and pre[11] is None and pre[12] is None
+    assert all(torch.equal(x, y) and x.stride() == y.stride() for x, y in ((pre[1], hnd(k)), (pre[2], hnd(v))))
+    assert pre[5] is k8 and pre[6] is ks and pre[7] is km and pre[9] is vs and pre[10] is None and pre[13] == 448.0
+    assert pre[8].dtype == torch.uint8 and pre[8].data_ptr() == v8.data_ptr() and att[4] is pre[8]
+    assert torch.equal(att[0], hnd(q)) and att[0].stride() == hnd(q).stride() and att[1] is None
+    assert att[2] is k8 and att[3] is ks and att[5] is vs and att[7] is None and att[8] is None
+    assert att[6].data_ptr() == o.data_ptr() and att[6].shape == (b, h, length, d)
+    assert att[9] is None and att[10] is None and att[11:] == (0.18, 132)
+    # declined: a base off 16 bytes, a stream with no scratch outputs
+    buf = torch.empty(q.numel() + 8, dtype=q.dtype)
+    assert fast(buf[1 : 1 + q.numel()].view(shape), k, v) is None
+    monkeypatch.setattr(fast_call, "_raw_stream", lambda index: 8)
+    assert fast(q, k, v) is None and len(calls) == 2
