@@ -46,8 +46,8 @@ _raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
 class FastCall:
     """One API signature's launches, decided once (Note [Fast call])."""
 
-    __slots__ = ("qkv_key", "qkv", "attn", "max_ctas", "scale_max", "scale_log2", "nhd", "out_shape", "dtype", "device",
-                 "device_index")
+    __slots__ = ("qkv_key", "qkv", "scratch", "attn", "max_ctas", "scale_max", "scale_log2", "nhd", "out_shape",
+                 "dtype", "device", "device_index")
 
     def __call__(self, q, k, v):
         """``o`` of the call, or None where the normal path must serve it."""
@@ -57,7 +57,7 @@ class FastCall:
             stream = _raw_stream(self.device_index)
         else:
             stream = torch.cuda.current_stream(self.device).cuda_stream
-        outs = _kernels().qkv_scratch(self.qkv_key, stream)
+        outs = self.scratch(self.qkv_key, stream)
         if outs is None:
             return None  # the normal path makes them
         _, _, k8, ks, km, v8, vs, vm, _ = outs  # no delta_s: no smooth_q
@@ -71,12 +71,6 @@ class FastCall:
         return out
 
 
-def _kernels():
-    from .preprocess import kernels
-
-    return kernels
-
-
 def build(q, k, v, layout: str, is_causal: bool, sm_scale: float, gran, pv_accum: PvAccum, smooth_k: bool,
           smooth_v: bool, config_after_preprocess):
     """The ``FastCall`` of this signature, or None if it is not one Note [Fast call]
@@ -84,17 +78,18 @@ def build(q, k, v, layout: str, is_causal: bool, sm_scale: float, gran, pv_accum
     if not (q.is_cuda and layout in ("HND", "NHD") and q.shape[-1] in (64, 128) and gran in FUSED_Q_GRANULARITIES):
         return None
     from .kernels.sm90 import launch
-    kern = _kernels()
-    if not (kern._PATH.use_ffi() and launch._PATH.use_ffi()):
+    from .preprocess import kernels as kern
+
+    if kern.launch_path()[0] != "tvm-ffi" or launch.launch_path()[0] != "tvm-ffi":
         return None
     qh, kh, vh = (reference.to_hnd(t, layout) for t in (q, k, v))
-    if not (kern.fused_qkv_supported(qh, kh, vh, kern.SM90_GEOMETRY) and kern._strides_aligned(qh)):
+    if not kern.fused_qkv_supported(qh, kh, vh, kern.SM90_GEOMETRY):
         return None
     key, plan = kern.qkv_call_plan(qh, kh, vh, gran, smooth_k, kern.SM90_GEOMETRY, False, smooth_v)
-    if plan.compile_args is None or not plan.aligned_strides:
+    if plan.compile_args is None or not plan.aligned_strides:  # q's strides too: TMA reads it as is
         return None
     fast = FastCall()
-    fast.qkv_key, fast.qkv = key, kern.qkv_compiled(plan)
+    fast.qkv_key, fast.qkv, fast.scratch = key, kern.qkv_compiled(plan), kern.qkv_scratch
     # the attention plan of the normal path's arguments: scratch-shaped K/V, a dense o
     _, _, k8, ks, km, v8, vs, vm, _ = kern._qkv_outputs(plan, key, q.device, True)  # this stream's scratch
     b, hq, lq, d = qh.shape

@@ -290,7 +290,7 @@ def test_fast_call_launch_arguments(monkeypatch, nhd):
     monkeypatch.setattr(fast_call, "_raw_stream", lambda index: 7)
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
     fast = fast_call.FastCall()
-    fast.qkv_key = ("sig",)
+    fast.qkv_key, fast.scratch = ("sig",), kern.qkv_scratch
     fast.qkv, fast.attn = (lambda *a: calls.append(("qkv", a))), (lambda *a: calls.append(("attn", a)))
     fast.max_ctas, fast.scale_max, fast.scale_log2, fast.nhd = 132, 448.0, 0.18, nhd
     fast.out_shape = (b, length, h, d) if nhd else (b, h, length, d)
