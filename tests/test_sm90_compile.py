@@ -35,7 +35,7 @@ def _arch_sm90():
 
 
 def _variants():
-    from sagecute.kernels.sm90.attn_fwd import AttnFwdConfigSm90
+    from sagecute.kernels.sm90.attn_fwd import THREE_CONSUMER_WG, AttnFwdConfigSm90
     from sagecute.kernels.sm90.launch import Sm90Variant as V
 
     T, W = QuantGranularity.PER_THREAD, QuantGranularity.PER_WARP
@@ -57,10 +57,15 @@ def _variants():
         # smooth_v: the V mean added back in the epilogue (Note [V mean] in kernels/common/quant_qkv.py)
         V(cutlass.BFloat16, 128, False, T, PvAccum.FP32_FP32, True, dataclasses.replace(cfg, pdl=True),
           cutlass.BFloat16, True),
+        # Note [Q quantized by the producer warpgroup]: per_warp scales; three consumer warpgroups
+        V(cutlass.BFloat16, 128, True, W, PvAccum.FP32_FP32, False,
+          dataclasses.replace(cfg, pdl=True, q_quant_in_producer=True), cutlass.BFloat16),
+        V(cutlass.BFloat16, 64, False, T, PvAccum.FP32_FP32, False,
+          AttnFwdConfigSm90(**THREE_CONSUMER_WG, pdl=True, q_quant_in_producer=True), cutlass.BFloat16),
     ]
 
 
-@pytest.mark.parametrize("variant", range(9))
+@pytest.mark.parametrize("variant", range(11))
 def test_sm90_compiles_without_spills(variant, tmp_path):
     from sagecute.kernels.sm90.launch import compile_one_to_cubin
 

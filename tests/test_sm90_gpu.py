@@ -117,6 +117,37 @@ def test_sm90_fused_q_vs_reference(case):
     assert torch.equal(fused["o"], plain["o"]), "fused Q quantization differs from the reference quantizer"
 
 
+# several tiles per persistent CTA (more tiles than SMs), so the next tile's Q is loaded
+# and quantized under the tile before it; lk 17: one KV block per tile (the load after
+# the loop)
+Q_PLACEMENT_CASES = [
+    (128, False, 1000, 1000, 4, 16, 4, "NHD", BF16, T, PvAccum.FP32_FP32),
+    (128, True, 2000, 1500, 2, 16, 16, "HND", BF16, W, PvAccum.FP32_FP32),
+    (64, False, 1000, 17, 4, 32, 8, "HND", FP16, T, PvAccum.FP32_FP32),
+    (64, True, 3000, 3000, 2, 16, 2, "NHD", BF16, T, PvAccum.FP32),
+]
+
+
+@pytest.mark.parametrize("pdl", [False, True])
+@pytest.mark.parametrize("case", Q_PLACEMENT_CASES, ids=_ids)
+def test_sm90_q_placement_is_bit_identical(case, pdl):
+    """Note [Q quantized by the producer warpgroup] (with Note [Q one tile ahead])
+    changes which warps quantize Q and when it is loaded: the same bits as the
+    consumers quantizing it, with the API's tuned configs (two and three consumer
+    warpgroups, per_thread and per_warp scales, causal too)."""
+    import dataclasses
+
+    from sagecute.kernels.sm90.attn_fwd import AttnFwdConfigSm90
+
+    d, causal, lq, gran = case[0], case[1], case[2], case[9]
+    cfg = dataclasses.replace(AttnFwdConfigSm90.tuned(d, causal, gran, True, lq), pdl=pdl,
+                              q_quant_in_producer=False)
+    moved = run_case(*case, fused_q=True, seed=2, config=dataclasses.replace(cfg, q_quant_in_producer=True))
+    _check(moved)
+    old = run_case(*case, fused_q=True, seed=2, config=cfg)
+    assert torch.equal(moved["o"], old["o"]) and torch.equal(moved["lse"], old["lse"])
+
+
 @pytest.mark.parametrize("case", [CASES[3], CASES[6], CASES[10]], ids=_ids)
 def test_sm90_no_overlap_vs_reference(case):
     _check(run_case(*case, config=_no_overlap()))

@@ -286,7 +286,8 @@ def preprocess_variants(
 
 # PTX each preprocessing kernel is expected to contain (Note [Bit-exact
 # quantizer arithmetic]); counted when compile_all_preprocess keeps artifacts.
-PTX_MARKERS = ("div.rn.f32", "div.approx", "div.full", "cvt.rni.sat.s8.f32", "cvt.rn.satfinite.e4m3x2.f32",
+PTX_MARKERS = ("div.rn.f32", "div.approx", "div.full", "cvt.rni.sat.s8.f32", "add.rn.f32 a, a, 0f4B400000",
+               "cvt.rn.satfinite.e4m3x2.f32",
                "ld.global.v4", "st.global.v4", "st.global.v2", ".local", "cp.async.cg.shared.global")
 
 

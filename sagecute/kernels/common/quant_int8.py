@@ -287,8 +287,10 @@ class QuantizeInt8:
                 inv = s_inv[row_in_pass + rpp * i]
                 # spelling 1: not merged with step 2's conversions (fewer live registers)
                 xq = [self._minus_mean(x, mean_f32, e) for e, x in enumerate(widen_row(rX[None, i], 1))]
-                rOut[0] = quantize_int8x4(xq[0], xq[1], xq[2], xq[3], inv)
-                rOut[1] = quantize_int8x4(xq[4], xq[5], xq[6], xq[7], inv)
+                # step 2's amax covers these very values (rows past seqlen are not
+                # stored): Note [int8 rounding by a magic add]
+                rOut[0] = quantize_int8x4(xq[0], xq[1], xq[2], xq[3], inv, saturate=False)
+                rOut[1] = quantize_int8x4(xq[4], xq[5], xq[6], xq[7], inv, saturate=False)
                 gmem_store(x_int8, o_first + Int64(rpp * i * words_per_row), rOut.load(), store_cop)
         # the next block's step 2 rewrites s_row_amax / s_inv
         self._sync(sync)

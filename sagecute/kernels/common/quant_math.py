@@ -27,6 +27,22 @@ produced. (A NaN input becomes 0, not -127; NaN has no defined int8 in the refer
 either.) The Q tile's quantization inside the attention kernel and the K/Q
 preprocessing share these helpers.
 
+Note [int8 rounding by a magic add]
+-----------------------------------
+F2I (the conversion above) issues at 16 results per clock per SM, an eighth of the
+FP32 rate: the Q tile's 64 per thread at the start of every attention tile took
+~1000 cycles of the XU pipe while the tensor cores waited. Where every value is
+within the amax (``|x * inv| <= 127 (1 + 2^-23)``, as above, so no saturation
+happens), ``quantize_int8x4(..., saturate=False)`` rounds on the FMA pipe instead:
+``v = x * inv`` (``mul.rn``) and ``w = v + 1.5 * 2^23`` (``add.rn``): for
+``|v| < 2^22`` the sum lies in [2^23, 2^24), where fp32 steps are exactly 1, so
+``add.rn`` rounds ``v`` half to even, and the low byte of ``w``'s bits is that integer's
+two's complement int8 (``0x4B400000`` has a zero low byte). The same three PRMTs pack
+the bytes. Both instructions carry ``.rn``, so ptxas cannot contract them into an FFMA
+(which would round ``x * inv`` only once). Bit-identical to the F2I form wherever
+that form does not saturate; a NaN becomes -1 instead of 0. Callers that quantize
+values outside the amax (smooth_q's rows past Lq) keep ``saturate=True``.
+
 Careful with torch oracles: ``127.0 / t`` in torch is ``t.reciprocal() * 127``
 and, on CUDA, ``t / 127.0`` is ``t * fl(1/127)``; neither is the IEEE quotient
 (tests/test_preprocess_gpu.py, Note [IEEE oracles]).
@@ -94,10 +110,27 @@ def prmt(a, b, sel, *, loc=None, ip=None) -> Int32:
 
 
 @dsl_user_op
-def quantize_int8x4(x0, x1, x2, x3, inv, *, loc=None, ip=None) -> Int32:
+def quantize_int8x4(x0, x1, x2, x3, inv, saturate: bool = True, *, loc=None, ip=None) -> Int32:
     """``clamp(round_even(x * inv), -127, 127)`` of four values, packed as int8x4
     (``x0`` in byte 0): one saturating conversion each (Note [int8 rounding in one
-    conversion])."""
+    conversion]); ``saturate=False``: a multiply and a magic add each, for values
+    within the amax (Note [int8 rounding by a magic add])."""
+    if not saturate:
+        args = [Float32(v).ir_value(loc=loc, ip=ip) for v in (x0, x1, x2, x3, inv)]
+        return Int32(
+            _asm(
+                T.i32(),
+                "{\n\t.reg .f32 a, b, c, d;\n\t.reg .b32 lo, hi;\n\t"
+                "mul.rn.f32 a, $1, $5;\n\tmul.rn.f32 b, $2, $5;\n\t"
+                "mul.rn.f32 c, $3, $5;\n\tmul.rn.f32 d, $4, $5;\n\t"
+                "add.rn.f32 a, a, 0f4B400000;\n\tadd.rn.f32 b, b, 0f4B400000;\n\t"
+                "add.rn.f32 c, c, 0f4B400000;\n\tadd.rn.f32 d, d, 0f4B400000;\n\t"
+                "prmt.b32 lo, a, b, 0x0040;\n\tprmt.b32 hi, c, d, 0x0040;\n\t"
+                "prmt.b32 $0, lo, hi, 0x5410;\n\t}",
+                "=r,f,f,f,f,f",
+                args,
+            )
+        )
     xs = [(Float32(v) * Float32(inv)).ir_value(loc=loc, ip=ip) for v in (x0, x1, x2, x3)]
     return Int32(
         _asm(

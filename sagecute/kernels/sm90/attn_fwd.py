@@ -176,6 +176,50 @@ ROWSUM_COLS = 8
 # (At L=1k the preprocessing is ~1/4 of a call.)
 
 
+# Note [Q one tile ahead]
+# -----------------------
+# Q has one smem stage. The producer loads a tile's Q right after that tile's first K
+# block, i.e. once the previous tile's second-to-last K stage is free: about 1.5 KV
+# blocks before the consumers need it. With ``q_prefetch`` (set by q_in_producer) it
+# loads the next tile's Q right after this tile's second K/V block instead (the first
+# tile's before the loop, then the PDL wait). That needs Q's stage released at the
+# start of the tile, which only the producer-warp quantization does (Note [Q quantized
+# by the producer warpgroup]): an int8 Q is released after the tile's last QK, and
+# waiting for it there would hold the K/V loads that QK needs. With the consumers'
+# quantization it was no faster (H200 d128 kernel only, B4 H32: L1k 629 vs 628 TOPS,
+# L8k -1.5%, causal L8k -2..7%; perf/results/2026-12-04b_h200_qproducer/ab128_prefetch.txt):
+# Q's latency was not what the tile start waited for.
+
+
+# Note [Q quantized by the producer warpgroup]
+# --------------------------------------------
+# The fused Q quantization (Note [Fused Q quantization]) at the start of each tile cost
+# about one KV block of time per tile (H200 d128, perf/tile_overhead.py with the
+# quantization skipped: 2.5 -> 1.5 blocks per tile; at L=1k a tile is 8 blocks): both
+# consumer warpgroups load, reduce, round and store, fence and meet at a barrier while
+# the tensor cores wait. Of the producer warpgroup only warp 0 works (it issues the
+# TMA loads); with ``q_quant_in_producer`` warps 1-3 quantize instead, one tile ahead:
+#   * TMA -> sQin (bf16/fp16) as before; its pipeline's consumers are the three warps;
+#   * the warps write the int8 tile into one of two sQ stages and each row's q_scale
+#     into ``sQScale``, fence the proxies (the WGMMA reads sQ through the async one) and
+#     commit the stage (``pipeline_q8``, every thread arrives);
+#   * the consumers wait for the stage, read their q_scale, and release the stage once
+#     the tile's last QK has retired (early_q_release), so the next-but-one tile can
+#     be written while this one's PV and epilogue run.
+# Same arithmetic as quantize_q (amax, IEEE 127 / amax, the magic-add rounding), so the
+# same bits. At 24 registers (the producer's setmaxnreg) each thread makes two passes
+# over its two rows in smem instead of holding them. Not with smooth_q (the mean and the
+# row mask stay in quantize_q).
+# It needs Note [Q one tile ahead]: without it the next Q arrived late in the tile and
+# the warps' slow serial passes then made the consumers wait (d128 L1k 630 -> 542 TOPS,
+# per-tile cost 2.0 -> 4.8 blocks). With it (H200, kernel only, B4 H32, interleaved;
+# perf/results/2026-12-04b_h200_qproducer/): d128 full L1k 626 -> 632, L2k 772 -> 795,
+# L8k 901 -> 913 TOPS; d64 (three consumer warpgroups) L1k 412 -> 429, L2k 546 -> 557,
+# L8k 647 -> 649; but causal loses (d128 L1k 454 -> 430, L2k 645 -> 612, L8k 887 ->
+# 845: tiles near the diagonal are a block or two long, too short to hide the next
+# Q's quantization), so ``tuned`` turns it on for non-causal only.
+
+
 # Note [smooth_q on sm90]
 # -----------------------
 # With ``smooth_q`` Q is quantized minus one mean per (batch, head), ``qm`` (Q's
@@ -234,6 +278,8 @@ class WarpRole(enum.IntEnum):
 
 
 MAX_CONSUMER_WG = 3
+# Note [Q quantized by the producer warpgroup]: warps 1-3 of the producer warpgroup
+Q_QUANT_WARPS = 3
 
 
 class NamedBarrier(enum.IntEnum):
@@ -270,6 +316,10 @@ class AttnFwdConfigSm90:
     # overlap path: release sQ right after the tile's last QK GEMM, so the next tile's
     # Q load runs under the last PV and the epilogue
     early_q_release: bool = True
+    # Note [Q quantized by the producer warpgroup]: the fused Q quantization runs on the
+    # producer warpgroup's three idle warps, one tile ahead, into two int8 Q stages
+    # (with Note [Q one tile ahead]); on in ``tuned`` for non-causal
+    q_quant_in_producer: bool = False
     # 32-bit O stores (column pairs); needs o's row/head/batch strides even
     vec_o_store: bool = True
     # Note [TMA O store]: O goes registers -> smem (stmatrix) -> gmem (TMA, async);
@@ -355,6 +405,9 @@ class AttnFwdConfigSm90:
         if head_dim == 64 and granularity is QuantGranularity.PER_THREAD and fused_q:
             if not is_causal or seqlen_q >= THREE_CONSUMER_WG_MIN_CAUSAL_LQ:
                 cfg = dataclasses.replace(cfg, **THREE_CONSUMER_WG)
+        if fused_q and not is_causal:
+            # Note [Q quantized by the producer warpgroup]: causal loses (its short tiles)
+            cfg = dataclasses.replace(cfg, q_quant_in_producer=True)
         return cfg
 
     @staticmethod
@@ -489,9 +542,18 @@ class SageAttnFwdSm90:
         self.two_level = pv_accum in (PvAccum.FP32_FP32, PvAccum.FP32_FP16)
         self.promote_under_qk = config.early_promote and self.two_level
         self.promote_first = config.promote_before_softmax and self.two_level and not self.promote_under_qk
+        # Note [Q quantized by the producer warpgroup] (not with smooth_q: its mean and
+        # row mask stay in the consumers' quantize_q)
+        self.q_in_producer = config.q_quant_in_producer and self.fuse_q and not smooth_q
+        self.quantize_q_in_consumer = self.fuse_q and not self.q_in_producer
+        self.q_stages = 2 if self.q_in_producer else 1
+        # Note [Q one tile ahead]: with q_in_producer (its quantization then has the tile
+        # to run under)
+        self.q_prefetch = self.q_in_producer
         # release sQ after the tile's last QK (a fused Q's input tile is released as
         # soon as it is quantized instead)
-        self.early_q_release = config.intra_wg_overlap and config.early_q_release and not self.fuse_q
+        self.early_q_release = (config.intra_wg_overlap and config.early_q_release
+                                and not self.quantize_q_in_consumer)
         self.num_consumer_wg = self.tile_m // 64
         # N of the PV MMA: O's D columns, plus the row-sum columns (Note [Row sum on the
         # tensor core]; two-level PV modes only)
@@ -528,7 +590,8 @@ class SageAttnFwdSm90:
         q_in = self.tile_m * d * 2 if self.fuse_q else 0
         o_stage = self.tile_m * d * self.out_dtype.width // 8 if self.config.tma_o_store else 0
         delta = self.num_stages * self.tile_n * 4 if self.smooth_q else 0
-        return (1024 + self.tile_m * d + q_in + o_stage + delta
+        q_scales = self.q_stages * self.tile_m * 4 if self.q_in_producer else 0
+        return (1024 + self.q_stages * self.tile_m * d + q_in + o_stage + delta + q_scales
                 + self.num_stages * (self.tile_n * d + self.pv_n * self.tile_n))
 
     # ------------------------------------------------------------------ host
@@ -593,7 +656,9 @@ class SageAttnFwdSm90:
         # O's D columns of one warpgroup's PV accumulator: partitions O for the epilogue
         tiled_mma_o = self.make_tiled_mma_pv(1)
 
-        sQ_layout = wgmma.make_smem_layout_k_major(cutlass.Int8, self.tile_m, D)
+        sQ_layout = wgmma.make_smem_layout_k_major(
+            cutlass.Int8, self.tile_m, D, self.q_stages if const_expr(self.q_in_producer) else None
+        )
         # TMA destination of Q: the int8 operand itself, or the bf16/fp16 tile to quantize
         sQin_layout = wgmma.make_smem_layout_k_major(self.q_dtype, self.tile_m, D) if const_expr(
             self.fuse_q
@@ -631,6 +696,7 @@ class SageAttnFwdSm90:
         @cute.struct
         class SharedStorage:
             mbar_Q: cute.struct.MemRange[cutlass.Int64, 2]
+            mbar_Q8: cute.struct.MemRange[cutlass.Int64, 2 * self.q_stages]  # q_in_producer only
             mbar_K: cute.struct.MemRange[cutlass.Int64, self.num_stages * 2]
             mbar_V: cute.struct.MemRange[cutlass.Int64, self.num_stages * 2]
             sQ: cute.struct.Align[cute.struct.MemRange[cutlass.Int8, cute.cosize(sQ_layout)], 1024]
@@ -641,6 +707,8 @@ class SageAttnFwdSm90:
                 cute.struct.MemRange[cutlass.Float8E4M3FN, cute.cosize(sVt_layout)], 1024
             ]
             sDelta: cute.struct.Align[cute.struct.MemRange[Float32, sDelta_size], 128]  # smooth_q only
+            # q_in_producer: each Q stage's q_scale per row
+            sQScale: cute.struct.Align[cute.struct.MemRange[Float32, self.q_stages * self.tile_m], 128]
 
         num_m_blocks = cute.ceil_div(cute.size(mQ.shape[0]), self.tile_m)
         num_heads = cute.size(mQ.shape[2])
@@ -747,7 +815,20 @@ class SageAttnFwdSm90:
                 defer_sync=True,
             )
 
-        pipeline_q = tma_pipeline(storage.mbar_Q, 1, self.tma_bytes_Q)
+        # Note [Q quantized by the producer warpgroup]: the quantizing warps consume the
+        # bf16 Q tile and produce the int8 stages the consumers read
+        quant_warps = pipeline.CooperativeGroup(pipeline.Agent.Thread, Q_QUANT_WARPS)
+        pipeline_q = tma_pipeline(storage.mbar_Q, 1, self.tma_bytes_Q,
+                                  quant_warps if const_expr(self.q_in_producer) else consumer_warps)
+        pipeline_q8 = None
+        if const_expr(self.q_in_producer):
+            pipeline_q8 = pipeline.PipelineAsync.create(
+                barrier_storage=storage.mbar_Q8.data_ptr(),
+                num_stages=self.q_stages,
+                producer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, Q_QUANT_WARPS * 32),
+                consumer_group=consumer_threads,
+                defer_sync=True,
+            )
         pipeline_k = tma_pipeline(storage.mbar_K, self.num_stages, self.tma_bytes_K,
                                   consumer_threads if const_expr(self.smooth_q) else consumer_warps)
         pipeline_v = tma_pipeline(storage.mbar_V, self.num_stages, self.tma_bytes_V)
@@ -769,6 +850,7 @@ class SageAttnFwdSm90:
         sDelta = None
         if const_expr(self.smooth_q):
             sDelta = storage.sDelta.get_tensor(cute.make_layout((self.tile_n, self.num_stages)))
+        sQScale = storage.sQScale.get_tensor(cute.make_layout((self.tile_m, self.q_stages)))
 
         seqlen_q = cute.size(mQ.shape[0])
         seqlen_k = cute.size(mK.shape[0])
@@ -790,14 +872,18 @@ class SageAttnFwdSm90:
                     mQ, mK, mVt, sQin, sK, sVt_tma, tma_atom_Q, tma_atom_K, tma_atom_V,
                     pipeline_q, pipeline_k, pipeline_v, sched, seqlen_k, qhead_per_kvhead, mDelta, sDelta,
                 )
+            if const_expr(self.q_in_producer):
+                if warp_idx >= 1:
+                    self.quantize_q_tiles(sQin, sQ, sQScale, pipeline_q, pipeline_q8, sched)
         else:
             if const_expr(self.config.use_setmaxnreg):
                 cute.arch.setmaxregister_increase(self.consumer_regs)
             tidx = cute.arch.thread_idx()[0] - self.num_threads_per_wg
             self.consumer(
                 tidx, sQ, sQin, sK, sVt, sO, mQScale, mKScale, mVScale, mO, mO_tma, mLSE, mVMean, mQMean, sDelta,
-                tma_atom_O,
-                tiled_mma_qk, tiled_mma_pv, tiled_mma_o, pipeline_q, pipeline_k, pipeline_v,
+                sQScale, tma_atom_O,
+                tiled_mma_qk, tiled_mma_pv, tiled_mma_o,
+                pipeline_q8 if const_expr(self.q_in_producer) else pipeline_q, pipeline_k, pipeline_v,
                 sched, seqlen_q, seqlen_k, qhead_per_kvhead, softmax_scale_log2,
             )
 
@@ -864,6 +950,14 @@ class SageAttnFwdSm90:
         kv_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.num_stages)
         cta_layout = cute.make_layout(1)
         tile = sched.first_tile()
+        if const_expr(self.q_prefetch):
+            # Note [Q one tile ahead]: the first tile's Q here, every later one under
+            # the tile before it
+            if tile < sched.num_tiles():
+                self.load_q(mQ, sQ, tma_atom_Q, pipeline_q, q_state, sched, tile)
+                q_state.advance()
+                if const_expr(self.config.pdl):
+                    cute.arch.griddepcontrol_wait()  # Note [PDL after the preprocessing]
         while tile < sched.num_tiles():
             m_block, head, batch = sched.decode(tile)
             head_kv = head // qhead_per_kvhead
@@ -884,27 +978,112 @@ class SageAttnFwdSm90:
             )
             n_block_max = self.n_block_max(m_block, seqlen_k)
 
-            # Note [PDL after the preprocessing]: the first tile's Q, then wait for K/V
-            q_first = const_expr(self.config.pdl) and tile == sched.first_tile()
-            if q_first:
-                tma_load(pipeline_q, tma_atom_Q, tQgQ, tQsQ, q_state)
-                cute.arch.griddepcontrol_wait()
-            tma_load(pipeline_k, tma_atom_K, tKgK[None, 0], tKsK[None, kv_state.index], kv_state)
-            self.load_delta_s(mDelta, sDelta, pipeline_k, kv_state, batch, head, 0)
-            if not q_first:
-                tma_load(pipeline_q, tma_atom_Q, tQgQ, tQsQ, q_state)
-            q_state.advance()
+            if const_expr(self.q_prefetch):
+                tma_load(pipeline_k, tma_atom_K, tKgK[None, 0], tKsK[None, kv_state.index], kv_state)
+                self.load_delta_s(mDelta, sDelta, pipeline_k, kv_state, batch, head, 0)
+            else:
+                # Note [PDL after the preprocessing]: the first tile's Q, then wait for K/V
+                q_first = const_expr(self.config.pdl) and tile == sched.first_tile()
+                if q_first:
+                    tma_load(pipeline_q, tma_atom_Q, tQgQ, tQsQ, q_state)
+                    cute.arch.griddepcontrol_wait()
+                tma_load(pipeline_k, tma_atom_K, tKgK[None, 0], tKsK[None, kv_state.index], kv_state)
+                self.load_delta_s(mDelta, sDelta, pipeline_k, kv_state, batch, head, 0)
+                if not q_first:
+                    tma_load(pipeline_q, tma_atom_Q, tQgQ, tQsQ, q_state)
+                q_state.advance()
             tma_load(pipeline_v, tma_atom_V, tVgV[None, 0], tVsV[None, kv_state.index], kv_state)
             kv_state.advance()
+            next_tile = tile + sched.grid_stride()
             for n in cutlass.range(1, n_block_max, unroll=1):
                 tma_load(pipeline_k, tma_atom_K, tKgK[None, n], tKsK[None, kv_state.index], kv_state)
                 self.load_delta_s(mDelta, sDelta, pipeline_k, kv_state, batch, head, n)
                 tma_load(pipeline_v, tma_atom_V, tVgV[None, n], tVsV[None, kv_state.index], kv_state)
                 kv_state.advance()
-            tile += sched.grid_stride()
+                if const_expr(self.q_prefetch):
+                    if n == 1 and next_tile < sched.num_tiles():
+                        self.load_q(mQ, sQ, tma_atom_Q, pipeline_q, q_state, sched, next_tile)
+                        q_state.advance()
+            if const_expr(self.q_prefetch):
+                if n_block_max < 2 and next_tile < sched.num_tiles():
+                    self.load_q(mQ, sQ, tma_atom_Q, pipeline_q, q_state, sched, next_tile)
+                    q_state.advance()
+            tile = next_tile
         # Wait for the last releases before exiting. producer_tail advances the state
         # it is given: one tail only (K is always released before V of a stage).
         pipeline_v.producer_tail(kv_state)
+
+    @cute.jit
+    def quantize_q_tiles(
+        self,
+        sQin: cute.Tensor,  # (tile_m, D) bf16/fp16, TMA's
+        sQ: cute.Tensor,  # (tile_m, D, q_stages) int8, the QK WGMMA's A operand
+        sQScale: cute.Tensor,  # (tile_m, q_stages) fp32
+        pipeline_q: pipeline.PipelineAsync,
+        pipeline_q8: pipeline.PipelineAsync,
+        sched: StaticTileScheduler,
+    ):
+        """Note [Q quantized by the producer warpgroup]: for every tile of this CTA, the
+        bf16/fp16 Q tile -> an int8 stage and its per-row q_scale. Thread ``t`` of the
+        three warps owns the row pair (16 (t // 8) + t % 8, + 8): the rows that share a
+        per_thread scale (per_warp: the 8 pairs of a warp's 16 rows, 8 adjacent lanes)."""
+        D = self.head_dim
+        n_chunks = D // 8  # 16-byte vectors of 8 elements per row
+        qtid = cute.arch.thread_idx()[0] - 32
+        n_pairs = self.tile_m // 2
+        row0 = (qtid // 8) * 16 + qtid % 8
+        q_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, 1)
+        q8_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.q_stages)
+        tile = sched.first_tile()
+        while tile < sched.num_tiles():
+            pipeline_q.consumer_wait(q_state)
+            pipeline_q8.producer_acquire(q8_state)
+            if qtid < n_pairs:
+                # two passes over smem instead of holding the 2 D values: 24 registers
+                part = [Float32(0.0)] * 2
+                for r in cutlass.range_constexpr(2):
+                    for c in cutlass.range(n_chunks, unroll=2):
+                        x = cute.local_tile(sQin[row0 + 8 * r, None], (8,), (c,)).load().to(Float32)
+                        for e in cutlass.range_constexpr(8):
+                            part[e % 2] = cute.arch.fmax(part[e % 2], abs(x[e]))
+                amax = cute.arch.fmax(part[0], part[1])
+                if const_expr(self.granularity != QuantGranularity.PER_THREAD):
+                    amax = warp_max_bfly(amax, 0b111)  # the 8 pairs of 16 rows: one per_warp group
+                amax = cute.arch.fmax(amax, Float32(INT8_AMAX_FLOOR))
+                inv = div_rn(Float32(INT8_MAX), amax)
+                q_scale = div_rn(amax, Float32(INT8_MAX))
+                sQ_stage = sQ[None, None, q8_state.index]
+                q8 = cute.make_rmem_tensor(cute.make_layout(2), Int32)  # 8 int8, packed
+                for r in cutlass.range_constexpr(2):
+                    row = row0 + 8 * r
+                    sQScale[row, q8_state.index] = q_scale
+                    for c in cutlass.range(n_chunks, unroll=2):
+                        x = cute.local_tile(sQin[row, None], (8,), (c,)).load().to(Float32)
+                        for w in cutlass.range_constexpr(2):
+                            # Note [int8 rounding by a magic add]: all within the amax
+                            q8[w] = quantize_int8x4(x[4 * w], x[4 * w + 1], x[4 * w + 2], x[4 * w + 3], inv,
+                                                    saturate=False)
+                        cute.autovec_copy(cute.recast_tensor(q8, cutlass.Int8),
+                                          cute.local_tile(sQ_stage[row, None], (8,), (c,)))
+                # the QK WGMMAs (async proxy) read what these generic stores wrote
+                cute.arch.fence_proxy("async.shared", space="cta")
+            cute.arch.sync_warp()  # every lane's sQin reads are done before lane 0 releases it
+            pipeline_q.consumer_release(q_state)
+            pipeline_q8.producer_commit(q8_state)
+            q_state.advance()
+            q8_state.advance()
+            tile += sched.grid_stride()
+
+    @cute.jit
+    def load_q(self, mQ: cute.Tensor, sQ: cute.Tensor, tma_atom_Q: cute.CopyAtom, pipeline_q, q_state,
+               sched: StaticTileScheduler, tile: Int32):
+        """TMA the Q tile of ``tile`` into its (single) stage."""
+        m_block, head, batch = sched.decode(tile)
+        gQ = cute.local_tile(mQ[None, None, head, batch], (self.tile_m, self.head_dim), (m_block, 0))
+        tQsQ, tQgQ = cpasync.tma_partition(
+            tma_atom_Q, 0, cute.make_layout(1), cute.group_modes(sQ, 0, 2), cute.group_modes(gQ, 0, 2)
+        )
+        tma_load(pipeline_q, tma_atom_Q, tQgQ, tQsQ, q_state)
 
     @cute.jit
     def load_delta_s(self, mDelta: Optional[cute.Tensor], sDelta: Optional[cute.Tensor], pipeline_k, kv_state,
@@ -938,11 +1117,12 @@ class SageAttnFwdSm90:
         mVMean: Optional[cute.Tensor],
         mQMean: Optional[cute.Tensor],
         sDelta: Optional[cute.Tensor],
+        sQScale: cute.Tensor,
         tma_atom_O: Optional[cute.CopyAtom],
         tiled_mma_qk: cute.TiledMma,
         tiled_mma_pv: cute.TiledMma,
         tiled_mma_o: cute.TiledMma,
-        pipeline_q: pipeline.PipelineAsync,
+        pipeline_q: pipeline.PipelineAsync,  # q_in_producer: the int8 stages' pipeline
         pipeline_k: pipeline.PipelineAsync,
         pipeline_v: pipeline.PipelineAsync,
         sched: StaticTileScheduler,
@@ -997,7 +1177,7 @@ class SageAttnFwdSm90:
             # Note [fp32+fp16 on sm90]: one fp16 accumulator per 64-key half block
             acc_O_parts = tuple(cute.make_rmem_tensor(acc_shape_O, cutlass.Float16) for _ in range(2))
 
-        q_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, 1)
+        q_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.q_stages)
         kv_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.num_stages)
 
         row_in_tile, col_in_block = self.thread_position(tidx)
@@ -1008,7 +1188,18 @@ class SageAttnFwdSm90:
             m_block, head, batch = sched.decode(tile)
             head_kv = head // qhead_per_kvhead
             n_block_max = self.n_block_max(m_block, seqlen_k)
-            if const_expr(self.fuse_q):
+            tSrQ_tile = tSrQ
+            if const_expr(self.q_in_producer):
+                # Note [Q quantized by the producer warpgroup]: this tile's int8 stage
+                pipeline_q.consumer_wait(q_state)
+                row_here = row_in_tile
+                if const_expr(self.num_consumer_wg > 2):
+                    # recomputed, not held through the tile (Note [Three consumer warpgroups])
+                    row_here, _ = self.thread_position(
+                        recompute_here(cute.arch.thread_idx()[0]) - self.num_threads_per_wg)
+                q_scale = sQScale[row_here, q_state.index]
+                tSrQ_tile = tSrQ[None, None, None, q_state.index]
+            elif const_expr(self.fuse_q):
                 pipeline_q.consumer_wait(q_state)
                 q_scale = self.quantize_q(
                     sQin, sQ, wg_idx, mQMean[batch, head, 0, None] if const_expr(self.smooth_q) else None,
@@ -1031,7 +1222,7 @@ class SageAttnFwdSm90:
             acc_O.fill(0.0)
 
             ctx = BlockCtx(
-                tSrQ=tSrQ, tSrK=tSrK, tOrP=tOrP, tOrVt=tOrVt, acc_O=acc_O, acc_O_parts=acc_O_parts,
+                tSrQ=tSrQ_tile, tSrK=tSrK, tOrP=tOrP, tOrVt=tOrVt, acc_O=acc_O, acc_O_parts=acc_O_parts,
                 acc_S=acc_S, acc_S_f=acc_S_f, row_max=row_max, row_sum=row_sum,
                 row_scale=row_scale, row_scale_prev=row_scale_prev,
                 tScS_mn=tScS_mn, tOcO_mn=tOcO_mn, mKScale=mKScale[batch, head_kv, None],
@@ -1061,7 +1252,7 @@ class SageAttnFwdSm90:
                         ctx, kv_state, n, tiled_mma_qk, tiled_mma_pv, pipeline_k, pipeline_v, mask=True
                     )
                 self.load_v_scale(ctx)
-            if const_expr(not (self.fuse_q or self.early_q_release)):
+            if const_expr(not (self.quantize_q_in_consumer or self.early_q_release)):
                 pipeline_q.consumer_release(q_state)
             q_state.advance()
 
@@ -1107,8 +1298,12 @@ class SageAttnFwdSm90:
                 rMean[None, j].store(gmem_load(q_mean.iterator, Int64(col0 + 32 * j), 8).to(Float32))
         amax = Float32(0.0)
         if const_expr(rMean is None):
+            # four independent max chains, then a tree: a 64-deep FMNMX chain was ~300
+            # cycles of latency at the tile's start
+            part = [Float32(0.0)] * 4
             for i in cutlass.range_constexpr(cute.size(rX)):
-                amax = cute.arch.fmax(amax, abs(rX[i].to(Float32)))
+                part[i % 4] = cute.arch.fmax(part[i % 4], abs(rX[i].to(Float32)))
+            amax = cute.arch.fmax(cute.arch.fmax(part[0], part[1]), cute.arch.fmax(part[2], part[3]))
         else:
             for r in cutlass.range_constexpr(2):
                 amax_row = Float32(0.0)
@@ -1130,7 +1325,10 @@ class SageAttnFwdSm90:
                 if const_expr(rMean is not None):
                     x = x - rMean[None, j].load()
                 for w in cutlass.range_constexpr(2):
-                    q8[w] = quantize_int8x4(x[4 * w], x[4 * w + 1], x[4 * w + 2], x[4 * w + 3], inv)
+                    # Note [int8 rounding by a magic add]: every value is within the amax,
+                    # except smooth_q's rows past Lq (left out of it)
+                    q8[w] = quantize_int8x4(x[4 * w], x[4 * w + 1], x[4 * w + 2], x[4 * w + 3], inv,
+                                            saturate=rMean is not None)
                 dst = cute.local_tile(sQ[row + 8 * r, None], (8,), (col0 // 8 + 4 * j,))
                 cute.autovec_copy(cute.recast_tensor(q8, cutlass.Int8), dst)
         # the QK WGMMAs (async proxy) read what these generic stores wrote
