@@ -585,12 +585,13 @@ class SageAttnFwdSm90:
 
     def smem_bytes(self) -> int:
         """Dynamic shared memory: mbarriers (padded to 1 KiB), Q (plus the bf16/fp16 Q
-        tile when fused), K and V^T stages."""
+        tile when fused; two int8 stages and their q_scales with q_in_producer), K and
+        V^T stages."""
         d = self.head_dim
         q_in = self.tile_m * d * 2 if self.fuse_q else 0
         o_stage = self.tile_m * d * self.out_dtype.width // 8 if self.config.tma_o_store else 0
         delta = self.num_stages * self.tile_n * 4 if self.smooth_q else 0
-        q_scales = self.q_stages * self.tile_m * 4 if self.q_in_producer else 0
+        q_scales = self.q_stages * self.tile_m * 4  # sQScale (read only with q_in_producer)
         return (1024 + self.q_stages * self.tile_m * d + q_in + o_stage + delta + q_scales
                 + self.num_stages * (self.tile_n * d + self.pv_n * self.tile_n))
 
