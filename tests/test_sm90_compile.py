@@ -152,3 +152,27 @@ def test_length_class_picks_the_same_config(head_dim, is_causal):
         for lq in (1, 17, 1000, 2047, 2048, 2049, 8192, 100000):
             rep = C.length_class(lq)
             assert C.after_preprocess(head_dim, is_causal, gran, lq) == C.after_preprocess(head_dim, is_causal, gran, rep)
+
+
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_producer_q_quantization_where_it_pays(head_dim):
+    """Note [Q quantized by the producer warpgroup]: the API's configs quantize Q on the
+    producer warps without a mask only; smooth_q and an int8 Q keep it off in the kernel."""
+    from sagecute.kernels.sm90.attn_fwd import AttnFwdConfigSm90 as C
+    from sagecute.kernels.sm90.attn_fwd import SageAttnFwdSm90
+
+    T = QuantGranularity.PER_THREAD
+    assert C.after_preprocess(head_dim, False, T, 1024).q_quant_in_producer
+    assert not C.after_preprocess(head_dim, True, T, 1024).q_quant_in_producer
+    assert not C.tuned(head_dim, False, T, fused_q=False).q_quant_in_producer
+
+    def kernel(cfg, q_dtype=cutlass.BFloat16, smooth_q=False):
+        return SageAttnFwdSm90(cutlass.BFloat16, head_dim, False, T, PvAccum.FP32_FP32, False, cfg,
+                               q_dtype=q_dtype, smooth_q=smooth_q)
+
+    on = C(q_quant_in_producer=True)
+    k = kernel(on)
+    assert k.q_in_producer and k.q_prefetch and k.q_stages == 2 and k.early_q_release
+    assert k.smem_bytes() - kernel(C()).smem_bytes() == 128 * head_dim + 128 * 4  # the second int8 stage
+    for k in (kernel(on, smooth_q=True), kernel(on, q_dtype=cutlass.Int8)):
+        assert not k.q_in_producer and not k.q_prefetch and k.q_stages == 1
