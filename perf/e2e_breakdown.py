@@ -8,8 +8,10 @@ before it, next to the kernel-only attention and the preprocessing timed alone.
     python perf/e2e_breakdown.py --rotation  # e2e as the bench times it, 1 vs 2 input sets
 
 ``--ab`` times, interleaved (best of rounds): the kernel alone as the bench runs it
-(no PDL), the kernel alone with the API's PDL config, the API call, and the API call
-with the attention launched without PDL.
+(no PDL), the kernel alone with the API's PDL config, the API call, and on the API's
+normal path (Note [Fast call] off, as it reads the config per call) the call with the
+attention launched without PDL, as shipped, and without its PDL wait (diagnostic:
+wrong results, the bound on what finer-grained waits could overlap).
 
 ``--after`` asks why the attention runs slower right after the preprocessing than back
 to back with itself: from profiler traces, the attention kernel's median duration when
@@ -42,7 +44,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import sagecute  # noqa: E402
-from sagecute import api  # noqa: E402
+from sagecute import api, fast_call  # noqa: E402
 from sagecute.perf.timing import loop_ms  # noqa: E402
 
 
@@ -66,18 +68,25 @@ def _ab(q, k, v, flops, rounds: int = 4):
     prepared = api.prepare_inputs(q, k, v)
     api_config = api._sm90_config_after_preprocess
 
-    def e2e_no_pdl():
-        api._sm90_config_after_preprocess = lambda *a: dataclasses.replace(api_config(*a), pdl=False)
+    def e2e_slow_path(**config):
+        """The normal (not Note [Fast call]) path, which reads the config per call."""
+        api._sm90_config_after_preprocess = lambda *a: dataclasses.replace(api_config(*a), **config)
+        fast_call.ENABLED = False
         try:
             return sagecute.sageattn(q, k, v)
         finally:
             api._sm90_config_after_preprocess = api_config
+            fast_call.ENABLED = True
 
     variants = {
         "kernel": lambda: api.attention_prepared(prepared),
         "kernel pdl": lambda: api._run_sm90_prepared(prepared, after_preprocess=True),
         "e2e": lambda: sagecute.sageattn(q, k, v),
-        "e2e no pdl": e2e_no_pdl,
+        "e2e no pdl": lambda: e2e_slow_path(pdl=False),
+        "e2e normal path": e2e_slow_path,
+        # DIAGNOSTIC, wrong results: the attention does not wait for the preprocessing,
+        # the most a per-head ready flag could overlap (AttnFwdConfigSm90.pdl_wait)
+        "e2e no wait": lambda: e2e_slow_path(pdl_wait=False),
     }
     best = {name: float("inf") for name in variants}
     for _ in range(rounds):

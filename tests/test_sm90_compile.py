@@ -176,3 +176,8 @@ def test_producer_q_quantization_where_it_pays(head_dim):
     assert k.smem_bytes() - kernel(C()).smem_bytes() == 128 * head_dim + 128 * 4  # the second int8 stage
     for k in (kernel(on, smooth_q=True), kernel(on, q_dtype=cutlass.Int8)):
         assert not k.q_in_producer and not k.q_prefetch and k.q_stages == 1
+        assert not k.first_q_in_consumers
+    # Note [The first Q tile in the consumers]: on with the producer warps' quantization
+    assert kernel(on).first_q_in_consumers
+    assert not kernel(C(q_quant_in_producer=True, first_q_in_consumers=False)).first_q_in_consumers
+    assert not kernel(C()).first_q_in_consumers

@@ -125,16 +125,21 @@ Q_PLACEMENT_CASES = [
     (128, True, 2000, 1500, 2, 16, 16, "HND", BF16, W, PvAccum.FP32_FP32),
     (64, False, 1000, 17, 4, 32, 8, "HND", FP16, T, PvAccum.FP32_FP32),
     (64, True, 3000, 3000, 2, 16, 2, "NHD", BF16, T, PvAccum.FP32),
+    # one tile per CTA (the first is the only one), and L=1
+    (128, False, 100, 300, 1, 2, 1, "NHD", BF16, T, PvAccum.FP32_FP32),
+    (64, False, 1, 77, 2, 4, 2, "HND", FP16, W, PvAccum.FP32_FP32),
 ]
 
 
+@pytest.mark.parametrize("first_in_consumers", [True, False])
 @pytest.mark.parametrize("pdl", [False, True])
 @pytest.mark.parametrize("case", Q_PLACEMENT_CASES, ids=_ids)
-def test_sm90_q_placement_is_bit_identical(case, pdl):
-    """Note [Q quantized by the producer warpgroup] (with Note [Q one tile ahead])
-    changes which warps quantize Q and when it is loaded: the same bits as the
-    consumers quantizing it, with the API's tuned configs (two and three consumer
-    warpgroups, per_thread and per_warp scales, causal too)."""
+def test_sm90_q_placement_is_bit_identical(case, pdl, first_in_consumers):
+    """Note [Q quantized by the producer warpgroup] (with Note [Q one tile ahead]
+    and Note [The first Q tile in the consumers]) changes which warps quantize Q and
+    when it is loaded: the same bits as the consumers quantizing it, with the API's
+    tuned configs (two and three consumer warpgroups, per_thread and per_warp scales,
+    causal too, one tile per CTA, L=1)."""
     import dataclasses
 
     from sagecute.kernels.sm90.attn_fwd import AttnFwdConfigSm90
@@ -142,7 +147,8 @@ def test_sm90_q_placement_is_bit_identical(case, pdl):
     d, causal, lq, gran = case[0], case[1], case[2], case[9]
     cfg = dataclasses.replace(AttnFwdConfigSm90.tuned(d, causal, gran, True, lq), pdl=pdl,
                               q_quant_in_producer=False)
-    moved = run_case(*case, fused_q=True, seed=2, config=dataclasses.replace(cfg, q_quant_in_producer=True))
+    moved = run_case(*case, fused_q=True, seed=2, config=dataclasses.replace(
+        cfg, q_quant_in_producer=True, first_q_in_consumers=first_in_consumers))
     _check(moved)
     old = run_case(*case, fused_q=True, seed=2, config=cfg)
     assert torch.equal(moved["o"], old["o"]) and torch.equal(moved["lse"], old["lse"])

@@ -220,6 +220,25 @@ ROWSUM_COLS = 8
 # Q's quantization), so ``tuned`` turns it on for non-causal only.
 
 
+# Note [The first Q tile in the consumers]
+# ----------------------------------------
+# The producer warps' quantization (24 registers, two serial passes over smem) is slow,
+# and before the CTA's first tile nothing hides it: the kernel's fixed cost per launch
+# (perf/kernel_fixed_cost.py, H200 d128 L1k, t = fixed + per wave * waves over B = 1..16)
+# was 9.7 us with it against 6.3 us with the consumers quantizing every tile, while its
+# per-wave time was lower (11.7 against 12.3 us). So the consumers, idle at the start,
+# quantize the first tile themselves (quantize_q into int8 stage 0, its q_scale in
+# registers), and the quantizing warps take the tiles after it. The warps still
+# acquire, release and commit tile 0's stages, after a named barrier the consumers
+# arrive at (Q_FIRST), so every mbarrier sees the same phases as before; the consumers
+# do not wait for stage 0's first commit, and cannot mistake it later: they wait for
+# stage 0 again only after stage 1's first commit, which the warps make after it.
+# Same arithmetic on either side (the same bits, tests/test_sm90_gpu.py placement tests).
+# H200 d128, perf/results/2026-12-04c_h200_firstq/: fixed cost 9.7 -> 7.0 us (per wave
+# 11.6 -> 11.8), B1 L1k 30.2 -> 27.2 us; kernel only B4 H32 L1k +1.5% (interleaved, both
+# orders), L8k within noise; d64 three warpgroups within noise.
+
+
 # Note [smooth_q on sm90]
 # -----------------------
 # With ``smooth_q`` Q is quantized minus one mean per (batch, head), ``qm`` (Q's
@@ -288,6 +307,9 @@ class NamedBarrier(enum.IntEnum):
     WARP_SCHEDULER = 1  # ping-pong: this warpgroup's turn to issue GEMMs
     Q_QUANT = WARP_SCHEDULER + MAX_CONSUMER_WG  # fused Q quantization: its int8 rows are in smem
     EPILOGUE = Q_QUANT + MAX_CONSUMER_WG  # TMA O store: its stage of sO is free / written
+    # Note [The first Q tile in the consumers]: the consumers have read the first bf16 Q
+    # tile and written its int8 stage (they arrive, the quantizing warps wait)
+    Q_FIRST = EPILOGUE + MAX_CONSUMER_WG
 
 
 @dataclass(frozen=True)
@@ -320,6 +342,9 @@ class AttnFwdConfigSm90:
     # producer warpgroup's three idle warps, one tile ahead, into two int8 Q stages
     # (with Note [Q one tile ahead]); on in ``tuned`` for non-causal
     q_quant_in_producer: bool = False
+    # Note [The first Q tile in the consumers]: with q_quant_in_producer, the CTA's first
+    # tile is quantized by the consumers (idle then), the rest by the producer warps
+    first_q_in_consumers: bool = True
     # 32-bit O stores (column pairs); needs o's row/head/batch strides even
     vec_o_store: bool = True
     # Note [TMA O store]: O goes registers -> smem (stmatrix) -> gmem (TMA, async);
@@ -328,6 +353,10 @@ class AttnFwdConfigSm90:
     # Note [PDL after the preprocessing]: launched as a programmatic dependent of the
     # kernel before it; only where that kernel wrote K/V and not Q (the API's path)
     pdl: bool = False
+    # DIAGNOSTIC (wrong results): with pdl, skip griddepcontrol.wait, so K/V may be read
+    # before the preprocessing wrote them. Times the most that finer-grained waits (a
+    # ready flag per head) could overlap (perf/e2e_breakdown.py --ab)
+    pdl_wait: bool = True
     use_setmaxnreg: bool = True
     # pv_accum "fp32": skip O *= alpha when alpha == 1 for every row of the warp (no row
     # max grew; exp2(0) is exactly 1, so this is exact). A warp-uniform vote and branch.
@@ -547,6 +576,9 @@ class SageAttnFwdSm90:
         self.q_in_producer = config.q_quant_in_producer and self.fuse_q and not smooth_q
         self.quantize_q_in_consumer = self.fuse_q and not self.q_in_producer
         self.q_stages = 2 if self.q_in_producer else 1
+        self.first_q_in_consumers = self.q_in_producer and config.first_q_in_consumers
+        # Q_FIRST's threads: every consumer and the quantizing warps
+        self.q_first_threads = self.num_threads_per_wg * (config.tile_m // 64) + 32 * Q_QUANT_WARPS
         # Note [Q one tile ahead]: with q_in_producer (its quantization then has the tile
         # to run under)
         self.q_prefetch = self.q_in_producer
@@ -886,6 +918,7 @@ class SageAttnFwdSm90:
                 tiled_mma_qk, tiled_mma_pv, tiled_mma_o,
                 pipeline_q8 if const_expr(self.q_in_producer) else pipeline_q, pipeline_k, pipeline_v,
                 sched, seqlen_q, seqlen_k, qhead_per_kvhead, softmax_scale_log2,
+                pipeline_q if const_expr(self.first_q_in_consumers) else None,
             )
 
     @cute.jit
@@ -957,7 +990,7 @@ class SageAttnFwdSm90:
             if tile < sched.num_tiles():
                 self.load_q(mQ, sQ, tma_atom_Q, pipeline_q, q_state, sched, tile)
                 q_state.advance()
-                if const_expr(self.config.pdl):
+                if const_expr(self.config.pdl and self.config.pdl_wait):
                     cute.arch.griddepcontrol_wait()  # Note [PDL after the preprocessing]
         while tile < sched.num_tiles():
             m_block, head, batch = sched.decode(tile)
@@ -987,7 +1020,8 @@ class SageAttnFwdSm90:
                 q_first = const_expr(self.config.pdl) and tile == sched.first_tile()
                 if q_first:
                     tma_load(pipeline_q, tma_atom_Q, tQgQ, tQsQ, q_state)
-                    cute.arch.griddepcontrol_wait()
+                    if const_expr(self.config.pdl_wait):
+                        cute.arch.griddepcontrol_wait()
                 tma_load(pipeline_k, tma_atom_K, tKgK[None, 0], tKsK[None, kv_state.index], kv_state)
                 self.load_delta_s(mDelta, sDelta, pipeline_k, kv_state, batch, head, 0)
                 if not q_first:
@@ -1036,6 +1070,17 @@ class SageAttnFwdSm90:
         q_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, 1)
         q8_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.q_stages)
         tile = sched.first_tile()
+        if const_expr(self.first_q_in_consumers):
+            if tile < sched.num_tiles():
+                # Note [The first Q tile in the consumers]: they read sQin and write stage 0
+                pipeline_q.consumer_wait(q_state)
+                pipeline_q8.producer_acquire(q8_state)
+                cute.arch.barrier(barrier_id=int(NamedBarrier.Q_FIRST), number_of_threads=self.q_first_threads)
+                pipeline_q.consumer_release(q_state)
+                pipeline_q8.producer_commit(q8_state)
+                q_state.advance()
+                q8_state.advance()
+                tile += sched.grid_stride()
         while tile < sched.num_tiles():
             pipeline_q.consumer_wait(q_state)
             pipeline_q8.producer_acquire(q8_state)
@@ -1131,6 +1176,7 @@ class SageAttnFwdSm90:
         seqlen_k: Int32,
         qhead_per_kvhead: Int32,
         softmax_scale_log2: Float32,
+        pipeline_q_in: Optional[pipeline.PipelineAsync] = None,  # first_q_in_consumers: TMA's bf16 Q
     ):
         D = self.head_dim
         wg_idx = cute.arch.make_warp_uniform(tidx // self.num_threads_per_wg)
@@ -1191,15 +1237,15 @@ class SageAttnFwdSm90:
             n_block_max = self.n_block_max(m_block, seqlen_k)
             tSrQ_tile = tSrQ
             if const_expr(self.q_in_producer):
-                # Note [Q quantized by the producer warpgroup]: this tile's int8 stage
-                pipeline_q.consumer_wait(q_state)
-                row_here = row_in_tile
-                if const_expr(self.num_consumer_wg > 2):
-                    # recomputed, not held through the tile (Note [Three consumer warpgroups])
-                    row_here, _ = self.thread_position(
-                        recompute_here(cute.arch.thread_idx()[0]) - self.num_threads_per_wg)
-                q_scale = sQScale[row_here, q_state.index]
                 tSrQ_tile = tSrQ[None, None, None, q_state.index]
+                q_scale = Float32(0.0)
+                if const_expr(self.first_q_in_consumers):
+                    if tile == sched.first_tile():
+                        q_scale = self.quantize_first_q(sQin, sQ, pipeline_q_in, wg_idx)
+                    else:
+                        q_scale = self.producer_q_scale(sQScale, pipeline_q, q_state, row_in_tile)
+                else:
+                    q_scale = self.producer_q_scale(sQScale, pipeline_q, q_state, row_in_tile)
             elif const_expr(self.fuse_q):
                 pipeline_q.consumer_wait(q_state)
                 q_scale = self.quantize_q(
@@ -1210,7 +1256,7 @@ class SageAttnFwdSm90:
             else:
                 row0 = m_block * self.tile_m + row_in_tile
                 q_scale = Float32(mQScale[batch, head, self.q_scale_index(row0)])
-            if const_expr(self.config.pdl):
+            if const_expr(self.config.pdl and self.config.pdl_wait):
                 # K/V scales come from the preprocessing. The first tile only: a wait
                 # per tile costs (H200 D128 L8k kernel alone 4713 -> 4797 us)
                 if tile == sched.first_tile():
@@ -1268,6 +1314,29 @@ class SageAttnFwdSm90:
         if const_expr(self.config.tma_o_store):
             if warp_in_wg == 0:
                 cute.arch.cp_async_bulk_wait_group(0, read=True)  # sO outlives the last store
+
+    @cute.jit
+    def producer_q_scale(self, sQScale: cute.Tensor, pipeline_q: pipeline.PipelineAsync,
+                         q_state: pipeline.PipelineState, row_in_tile: Int32) -> Float32:
+        """Note [Q quantized by the producer warpgroup]: wait for the tile's int8 Q stage,
+        then this thread's q_scale from it."""
+        pipeline_q.consumer_wait(q_state)
+        row_here = row_in_tile
+        if const_expr(self.num_consumer_wg > 2):
+            # recomputed, not held through the tile (Note [Three consumer warpgroups])
+            row_here, _ = self.thread_position(recompute_here(cute.arch.thread_idx()[0]) - self.num_threads_per_wg)
+        return sQScale[row_here, q_state.index]
+
+    @cute.jit
+    def quantize_first_q(self, sQin: cute.Tensor, sQ: cute.Tensor, pipeline_q_in: pipeline.PipelineAsync,
+                         wg_idx: Int32) -> Float32:
+        """Note [The first Q tile in the consumers]: the CTA's first bf16/fp16 Q tile
+        (TMA's phase 0) into int8 stage 0, then the quantizing warps may release sQin and
+        commit the stage. Returns this thread's q_scale."""
+        pipeline_q_in.consumer_wait(pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, 1))
+        q_scale = self.quantize_q(sQin, sQ[None, None, 0], wg_idx)
+        cute.arch.barrier_arrive(barrier_id=int(NamedBarrier.Q_FIRST), number_of_threads=self.q_first_threads)
+        return q_scale
 
     @cute.jit
     def quantize_q(

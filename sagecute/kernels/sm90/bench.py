@@ -81,6 +81,8 @@ CONFIG_VARIANTS = {
                       early_q_release=False, vec_o_store=False, tma_o_store=False), None),
     "no_early_q": (dict(early_q_release=False), None),
     "q_producer": (dict(q_quant_in_producer=True), None),
+    # Note [The first Q tile in the consumers] off: the producer warps quantize every tile
+    "q_producer_all": (dict(q_quant_in_producer=True, first_q_in_consumers=False), None),
     # the default before int_row_max and reduce_partials 4
     "old": (dict(int_row_max=False, reduce_partials=8), None),
     "no_int_max": (dict(int_row_max=False), None),
@@ -95,6 +97,7 @@ CONFIG_VARIANTS = {
     "three_wg": (THREE_CONSUMER_WG, None),
     "three_wg_no_pingpong": (dict(THREE_CONSUMER_WG, wg_pingpong=False), None),
     "three_wg_q_producer": (dict(THREE_CONSUMER_WG, q_quant_in_producer=True), None),
+    "three_wg_q_producer_all": (dict(THREE_CONSUMER_WG, q_quant_in_producer=True, first_q_in_consumers=False), None),
     "three_wg_mufu": (dict(THREE_CONSUMER_WG, exp2_poly_every=0), None),  # every exp2 on MUFU
     "three_wg_poly8": (dict(THREE_CONSUMER_WG, exp2_poly_every=8), None),
     "three_wg_poly4": (dict(THREE_CONSUMER_WG, exp2_poly_every=4), None),
