@@ -577,8 +577,6 @@ class SageAttnFwdSm90:
         self.quantize_q_in_consumer = self.fuse_q and not self.q_in_producer
         self.q_stages = 2 if self.q_in_producer else 1
         self.first_q_in_consumers = self.q_in_producer and config.first_q_in_consumers
-        # Q_FIRST's threads: every consumer and the quantizing warps
-        self.q_first_threads = self.num_threads_per_wg * (config.tile_m // 64) + 32 * Q_QUANT_WARPS
         # Note [Q one tile ahead]: with q_in_producer (its quantization then has the tile
         # to run under)
         self.q_prefetch = self.q_in_producer
@@ -587,6 +585,8 @@ class SageAttnFwdSm90:
         self.early_q_release = (config.intra_wg_overlap and config.early_q_release
                                 and not self.quantize_q_in_consumer)
         self.num_consumer_wg = self.tile_m // 64
+        # Q_FIRST's threads: every consumer and the quantizing warps
+        self.q_first_threads = self.num_threads_per_wg * self.num_consumer_wg + 32 * Q_QUANT_WARPS
         # N of the PV MMA: O's D columns, plus the row-sum columns (Note [Row sum on the
         # tensor core]; two-level PV modes only)
         self.rowsum_mma = config.rowsum_mma and self.two_level
